@@ -1,0 +1,99 @@
+"""Every config key that iaunet_d2 adds to Detectron2's defaults, declared once."""
+from detectron2.config import CfgNode as CN
+
+__all__ = ["add_iaunet_config", "apply_pretrained_policy"]
+
+
+def add_iaunet_config(cfg):
+    """Add the project's keys to a Detectron2 config (in place).
+
+    Safe to call on a config that already has PointRend's keys. Values here are the
+    defaults; the yaml files in ``configs/`` set the recipes.
+    """
+    # ---------------------------------------------------------------- input / data
+    # Name in iaunet_d2.data.dataset_mappers.MAPPER_REGISTRY.
+    cfg.INPUT.DATASET_MAPPER_NAME = "cell_instance"
+    # Longest image side after resizing (train and test), and the training crop size.
+    cfg.INPUT.IMAGE_SIZE = 512
+    # Scale jitter applied on top of the longest-side resize during training.
+    cfg.INPUT.MIN_SCALE = 0.8
+    cfg.INPUT.MAX_SCALE = 1.5
+    # Random flips used in training: any of "horizontal", "vertical".
+    cfg.INPUT.FLIPS = ["horizontal", "vertical"]
+    # Random 90-degree rotations in training (the authors' extra augmentation).
+    cfg.INPUT.ROTATE_90 = False
+    # Take MODEL.PIXEL_MEAN / PIXEL_STD from the first training dataset's metadata.
+    cfg.INPUT.PIXEL_STATS_FROM_DATASET = True
+
+    # ---------------------------------------------------------------- solver
+    cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
+    cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # lr multiplier for backbone parameters
+    cfg.SOLVER.BASE_LR_END = 1e-6  # final lr of the cosine schedule
+    # Gradient clipping: Detectron2's SOLVER.CLIP_GRADIENTS keys, plus the clip type
+    # "full_model" (one global norm over all parameters) handled by iaunet_d2.
+
+    # ---------------------------------------------------------------- evaluation
+    # COCO tasks to evaluate; TEST.DETECTIONS_PER_IMAGE also caps the evaluator.
+    cfg.TEST.EVAL_TASKS = ["segm", "bbox"]
+
+    # ---------------------------------------------------------------- backbones
+    # Used when MODEL.WEIGHTS is set (fine-tuning from ImageNet); without weights the
+    # yaml's MODEL.RESNETS.NORM (trainable BN/GN) and MODEL.BACKBONE.FREEZE_AT apply.
+    cfg.MODEL.BACKBONE.PRETRAINED_NORM = "FrozenBN"
+    cfg.MODEL.BACKBONE.PRETRAINED_FREEZE_AT = 2
+
+    cfg.MODEL.SWIN = CN()
+    cfg.MODEL.SWIN.TIMM_NAME = "swin_small_patch4_window7_224"
+    cfg.MODEL.SWIN.DROP_PATH_RATE = 0.3
+    cfg.MODEL.SWIN.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Path to a timm/torchvision Swin state dict to initialise from ("" = scratch).
+    cfg.MODEL.SWIN.WEIGHTS = ""
+
+    # ---------------------------------------------------------------- IAUNet
+    cfg.MODEL.IAUNET = CN()
+    cfg.MODEL.IAUNET.NUM_CLASSES = 1
+    cfg.MODEL.IAUNET.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg.MODEL.IAUNET.PIXEL_DECODER_NAME = "IAUNetPixelDecoder"
+    cfg.MODEL.IAUNET.TRANSFORMER_DECODER_NAME = "IAUNetTransformerDecoder"
+    cfg.MODEL.IAUNET.CRITERION_NAME = "IAUNetSetCriterion"
+    cfg.MODEL.IAUNET.SIZE_DIVISIBILITY = 32
+    # Pixel decoder
+    cfg.MODEL.IAUNET.CONV_DIM = 256
+    cfg.MODEL.IAUNET.MASK_DIM = 256
+    cfg.MODEL.IAUNET.NORM = "BN"
+    cfg.MODEL.IAUNET.BRANCH_FUSION = "add"  # "add" or "concat" of main + previous branch
+    cfg.MODEL.IAUNET.BRIDGE = False  # extra up-block + SE on the top backbone level
+    # Instance activation layer and transformer decoder
+    cfg.MODEL.IAUNET.NUM_QUERIES = 100
+    cfg.MODEL.IAUNET.HIDDEN_DIM = 256
+    cfg.MODEL.IAUNET.NHEADS = 8
+    cfg.MODEL.IAUNET.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.IAUNET.DROPOUT = 0.0
+    cfg.MODEL.IAUNET.PRE_NORM = False
+    cfg.MODEL.IAUNET.IA_PRIOR_PROB = 0.01
+    cfg.MODEL.IAUNET.DEEP_SUPERVISION = False
+    # Criterion and matcher
+    cfg.MODEL.IAUNET.CLASS_WEIGHT = 1.0
+    cfg.MODEL.IAUNET.DICE_WEIGHT = 2.0
+    cfg.MODEL.IAUNET.MASK_WEIGHT = 5.0
+    cfg.MODEL.IAUNET.NO_OBJECT_WEIGHT = 0.1
+    cfg.MODEL.IAUNET.TRAIN_NUM_POINTS = 112 * 112
+    # Inference
+    cfg.MODEL.IAUNET.TEST = CN()
+    cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.01
+    cfg.MODEL.IAUNET.TEST.MASK_THRESH = 0.5
+    cfg.MODEL.IAUNET.TEST.NMS_IOU = 0.8
+
+
+def apply_pretrained_policy(cfg):
+    """Pick backbone normalization and freezing from whether weights are given.
+
+    With ``MODEL.WEIGHTS`` set (ImageNet-initialised fine-tuning, the paper's setup)
+    the ResNet uses ``MODEL.BACKBONE.PRETRAINED_NORM`` and freezes stages up to
+    ``MODEL.BACKBONE.PRETRAINED_FREEZE_AT``. Without weights the yaml's trainable
+    normalization and ``FREEZE_AT`` are kept, because frozen statistics of a random
+    network would never learn. The config must not be frozen.
+    """
+    if cfg.MODEL.WEIGHTS:
+        cfg.MODEL.RESNETS.NORM = cfg.MODEL.BACKBONE.PRETRAINED_NORM
+        cfg.MODEL.BACKBONE.FREEZE_AT = cfg.MODEL.BACKBONE.PRETRAINED_FREEZE_AT

@@ -1,0 +1,1 @@
+"""Datasets, image reading and dataset mappers."""

@@ -1,0 +1,1 @@
+"""IAUNet model: backbones, pixel decoder, transformer decoder, criterion, meta-arch."""
