@@ -1,0 +1,94 @@
+"""Detectron2 trainer for cell instance segmentation (IAUNet and the R-CNN baselines)."""
+import math
+import os
+import time
+
+import torch
+from detectron2.data import build_detection_test_loader, build_detection_train_loader
+from detectron2.engine import DefaultTrainer, SimpleTrainer
+
+from ..data.dataset_mappers import build_dataset_mapper
+from ..evaluation import build_coco_evaluator
+from ..solver import build_lr_scheduler, build_optimizer
+from .checkpoint import AtomicCheckpointer
+
+__all__ = ["Trainer", "FiniteLossTrainer"]
+
+
+class FiniteLossTrainer(SimpleTrainer):
+    """SimpleTrainer that stops at the first non-finite loss and names the culprit.
+
+    Checked before ``backward`` so the weights are never updated with NaN/inf.
+    """
+
+    @classmethod
+    def from_simple_trainer(cls, trainer):
+        """Take over a built SimpleTrainer, including its already started data iterator."""
+        finite = cls.__new__(cls)
+        finite.__dict__.update(trainer.__dict__)
+        return finite
+
+    def run_step(self):
+        assert self.model.training, "the model was switched to eval mode during training"
+        start = time.perf_counter()
+        data = next(self._data_loader_iter)
+        data_time = time.perf_counter() - start
+
+        loss_dict = self.model(data)
+        if isinstance(loss_dict, torch.Tensor):
+            loss_dict = {"total_loss": loss_dict}
+        values = {name: float(loss.detach()) for name, loss in loss_dict.items()}
+        bad = {name: v for name, v in values.items() if not math.isfinite(v)}
+        if bad:
+            terms = ", ".join(f"{name}={v}" for name, v in bad.items())
+            raise FloatingPointError(
+                f"Training stopped: non-finite loss at iteration {self.iter} ({terms}); "
+                f"all terms: {values}. Lower SOLVER.BASE_LR, enable "
+                "SOLVER.CLIP_GRADIENTS, or resume from the last checkpoint with --resume."
+            )
+        losses = sum(loss_dict.values())
+        self.optimizer.zero_grad()
+        losses.backward()
+        self._write_metrics(loss_dict, data_time)
+        self.optimizer.step()
+
+
+class Trainer(DefaultTrainer):
+    """DefaultTrainer with the project's mapper, optimizer, schedule, COCO evaluator,
+    atomic checkpoints and a non-finite-loss check."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        if not cfg.SOLVER.AMP.ENABLED:
+            self._trainer = FiniteLossTrainer.from_simple_trainer(self._trainer)
+
+    def build_hooks(self):
+        # Called from DefaultTrainer.__init__ before the hooks capture the checkpointer.
+        self.checkpointer = AtomicCheckpointer(
+            self.checkpointer.model, self.cfg.OUTPUT_DIR, **self.checkpointer.checkpointables
+        )
+        return super().build_hooks()
+
+    @classmethod
+    def build_train_loader(cls, cfg):
+        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, True))
+
+    @classmethod
+    def build_test_loader(cls, cfg, dataset_name):
+        return build_detection_test_loader(
+            cfg, dataset_name, mapper=build_dataset_mapper(cfg, False)
+        )
+
+    @classmethod
+    def build_evaluator(cls, cfg, dataset_name, output_folder=None):
+        if output_folder is None:
+            output_folder = os.path.join(cfg.OUTPUT_DIR, "inference", dataset_name)
+        return build_coco_evaluator(cfg, dataset_name, output_folder)
+
+    @classmethod
+    def build_optimizer(cls, cfg, model):
+        return build_optimizer(cfg, model)
+
+    @classmethod
+    def build_lr_scheduler(cls, cfg, optimizer):
+        return build_lr_scheduler(cfg, optimizer)

@@ -1,0 +1,31 @@
+"""iaunet_d2: IAUNet (instance-aware U-Net) for cell instance segmentation on Detectron2.
+
+Detectron2 itself is not on PyPI: install it first (tools/setup.sh does, see README).
+"""
+from setuptools import find_packages, setup
+
+setup(
+    name="iaunet_d2",
+    version="0.1.0",
+    description="IAUNet, the instance-aware U-Net for cell instance segmentation, "
+    "as a Detectron2 extension, with Mask R-CNN and PointRend baselines.",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.9",
+    packages=find_packages(include=["iaunet_d2", "iaunet_d2.*"]),
+    install_requires=[
+        "torch>=2.0",
+        "torchvision",
+        "fvcore",
+        "pycocotools>=2.0.2",
+        "scipy",
+        "numpy",
+        "opencv-python-headless",
+        "tifffile",
+        "timm>=0.9",
+        "tqdm",
+        "matplotlib",
+        "tensorboard",
+    ],
+    extras_require={"test": ["pytest"]},
+)
