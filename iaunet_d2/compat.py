@@ -7,6 +7,8 @@ project that knows about these fixes:
 * Pillow >= 10 removed ``Image.LINEAR`` that v0.6 uses as a default argument.
 * NumPy >= 1.24 removed the ``np.int`` / ``np.float`` / ``np.object`` aliases that
   v0.6 uses in a few places (for example the class histogram of the train loader).
+* v0.6 scripts a few functions with ``torch.jit.script``, which current torch
+  reports as deprecated at every import; that warning is silenced.
 * A pure-Python install of Detectron2 has no compiled ``detectron2._C``; v0.6 imports
   it at module level in a few files. A placeholder module is registered whose ops
   raise a clear error naming the missing op if anything ever calls one. Mask R-CNN,
@@ -15,6 +17,7 @@ project that knows about these fixes:
 import importlib
 import sys
 import types
+import warnings
 
 import numpy as np
 from PIL import Image
@@ -77,6 +80,8 @@ def _install_compiled_ops_placeholder():
     return False
 
 
+warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
+                        category=FutureWarning)
 _alias_removed_pillow_names()
 _alias_removed_numpy_names()
 HAS_COMPILED_OPS = _install_compiled_ops_placeholder()

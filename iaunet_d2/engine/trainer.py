@@ -62,6 +62,18 @@ class Trainer(DefaultTrainer):
         if not cfg.SOLVER.AMP.ENABLED:
             self._trainer = FiniteLossTrainer.from_simple_trainer(self._trainer)
 
+    # Detectron2 v0.6 leaves the optimizer out of its checkpoints, so a resumed AdamW
+    # would restart from empty moments; save and restore the inner trainer's state.
+    def state_dict(self):
+        state = super().state_dict()
+        state["_trainer"] = self._trainer.state_dict()
+        return state
+
+    def load_state_dict(self, state):
+        super().load_state_dict(state)
+        if "_trainer" in state:
+            self._trainer.load_state_dict(state["_trainer"])
+
     def build_hooks(self):
         # Called from DefaultTrainer.__init__ before the hooks capture the checkpointer.
         self.checkpointer = AtomicCheckpointer(

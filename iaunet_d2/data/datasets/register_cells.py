@@ -1,0 +1,374 @@
+"""Registration of the cell datasets of the IAUNet paper and of the synthetic demo.
+
+Every dataset is described once, in :data:`DATASETS` (where its files live under the
+datasets root, its pixel statistics and how to obtain it). Importing this module
+registers each split in Detectron2's ``DatasetCatalog`` and ``MetadataCatalog``
+without touching the disk. The root is ``$DETECTRON2_DATASETS`` (default
+``./datasets``) and is read again whenever a dataset is loaded or prepared, so it may
+change after import.
+
+Loading a split that is not on disk raises :class:`DatasetNotFoundError` naming the
+missing path, the expected layout and how to obtain the data (``datasets/README.md``).
+Every dataset has one class, "cell" (contiguous id 0); json categories that are not
+cells (EVICAN2's "Nucleus") are dropped together with their annotations.
+"""
+import fnmatch
+import logging
+import os
+from dataclasses import dataclass
+from typing import Dict, Tuple
+
+from detectron2.data import DatasetCatalog, MetadataCatalog
+from detectron2.data.datasets import load_coco_json
+
+from . import cells_demo
+
+__all__ = [
+    "DATASETS",
+    "REGISTERED_DATASETS",
+    "DatasetNotFoundError",
+    "CellDatasetSpec",
+    "dataset_root",
+    "dataset_paths",
+    "load_cell_dataset",
+    "prepare_dataset",
+    "prepare_datasets",
+]
+
+logger = logging.getLogger(__name__)
+
+_README = "datasets/README.md"
+
+
+class DatasetNotFoundError(FileNotFoundError):
+    """A registered dataset's annotation file or image folder is missing."""
+
+
+@dataclass(frozen=True)
+class CellDatasetSpec:
+    """One dataset: its splits' files relative to the datasets root, and statistics.
+
+    ``splits`` maps a split name to ``(json file, image folder)``, both relative to
+    the datasets root. ``pixel_mean`` / ``pixel_std`` are single gray values on the
+    0-255 scale (repeated to 3 channels in the metadata). ``cell_categories`` are the
+    json category names (case-insensitive) kept as "cell" when the json has several
+    categories; ``drop_files`` are fnmatch patterns (case-insensitive) of image file
+    names to leave out.
+    """
+
+    title: str
+    splits: Dict[str, Tuple[str, str]]
+    pixel_mean: float
+    pixel_std: float
+    layout: str
+    source: str
+    cell_categories: Tuple[str, ...] = ("cell",)
+    drop_files: Tuple[str, ...] = ()
+    # The evaluator reads ground truth from the json when it has only cell
+    # annotations; otherwise it converts the filtered dataset dicts instead.
+    json_is_clean: bool = True
+    generated: bool = False
+
+
+def _evican2(difficulty):
+    return CellDatasetSpec(
+        title=f"EVICAN2 ({difficulty} evaluation images)",
+        splits={
+            # EVICAN's train/val images are not graded by difficulty: the three
+            # variants share them and differ by their test (eval2019) subset.
+            "train": ("evican2/annotations/instances_train2019_EVICAN2.json", "evican2/images/EVICAN_train2019"),
+            "val": ("evican2/annotations/instances_val2019_EVICAN2.json", "evican2/images/EVICAN_val2019"),
+            "test": (
+                f"evican2/annotations/instances_eval2019_{difficulty}_EVICAN2.json",
+                "evican2/images/EVICAN_eval2019",
+            ),
+        },
+        pixel_mean=114.83,
+        pixel_std=15.455,
+        layout=(
+            "evican2/annotations/instances_{train,val}2019_EVICAN2.json, "
+            "evican2/annotations/instances_eval2019_{easy,medium,difficult}_EVICAN2.json, "
+            "evican2/images/EVICAN_{train,val,eval}2019/"
+        ),
+        source=(
+            "EVICAN (Schwendy et al., 2020), 'EVICAN2' annotations (categories Cell and "
+            "Nucleus; only Cell is used), from the EVICAN release page"
+        ),
+        cell_categories=("cell",),
+        drop_files=("*background*",),  # EVICAN's blank background reference images
+        json_is_clean=False,
+    )
+
+
+DATASETS: Dict[str, CellDatasetSpec] = {
+    "revvity25": CellDatasetSpec(
+        title="Revvity-25 full cell segmentation",
+        splits={
+            "train": ("revvity25/annotations/train.json", "revvity25/images"),
+            "val": ("revvity25/annotations/valid.json", "revvity25/images"),
+            "test": ("revvity25/annotations/test.json", "revvity25/images"),
+        },
+        pixel_mean=133.488,
+        pixel_std=26.903,
+        layout="revvity25/images/, revvity25/annotations/{train,valid,test}.json",
+        source="the Revvity-25 release of the IAUNet authors (brightfield, overlapping cytoplasm)",
+    ),
+    "livecell": CellDatasetSpec(
+        title="LIVECell",
+        splits={
+            split: (
+                f"livecell/annotations/livecell_coco_{split}.json",
+                f"livecell/images/livecell_{'test' if split == 'test' else 'train_val'}_images",
+            )
+            for split in ("train", "val", "test")
+        },
+        pixel_mean=128.0,
+        pixel_std=11.578,
+        layout=(
+            "livecell/annotations/livecell_coco_{train,val,test}.json, "
+            "livecell/images/livecell_{train_val,test}_images/"
+        ),
+        source="LIVECell (Edlund et al., 2021): images.zip and the LIVECell COCO json files",
+    ),
+    "livecell_crop": CellDatasetSpec(
+        title="LIVECell-crop (512x512 crops of LIVECell with at most 100 cells)",
+        splits={
+            "train": ("livecell_crop/annotations/train.json", "livecell_crop/images/train"),
+            "val": ("livecell_crop/annotations/val.json", "livecell_crop/images/val"),
+            "test": ("livecell_crop/annotations/test.json", "livecell_crop/images/test"),
+        },
+        pixel_mean=127.926,
+        pixel_std=5.991,
+        layout="livecell_crop/images/{train,val,test}/, livecell_crop/annotations/{train,val,test}.json",
+        source=(
+            "prepared from LIVECell: 512x512 crops of each split's images keeping the "
+            "annotations clipped to the crop, only crops with 1..100 cells"
+        ),
+    ),
+    "evican2_easy": _evican2("easy"),
+    "evican2_medium": _evican2("medium"),
+    "evican2_difficult": _evican2("difficult"),
+    "neurips22": CellDatasetSpec(
+        title="NeurIPS22-CellSeg",
+        splits={
+            "train": ("neurips22/annotations/train.json", "neurips22/images"),
+            "val": ("neurips22/annotations/valid.json", "neurips22/images"),
+            "test": ("neurips22/annotations/test.json", "neurips22/images"),
+        },
+        pixel_mean=145.0,
+        pixel_std=40.0,
+        layout="neurips22/images/, neurips22/annotations/{train,valid,test}.json",
+        source=(
+            "the NeurIPS 2022 Cell Segmentation challenge data, label images converted to "
+            "COCO json (one category 'cell')"
+        ),
+    ),
+    "cells_demo": CellDatasetSpec(
+        title="synthetic brightfield cells (generated on first use)",
+        splits={
+            split: (f"{cells_demo.DEMO_DIRNAME}/annotations/{split}.json", f"{cells_demo.DEMO_DIRNAME}/{split}")
+            for split in cells_demo.DEMO_SPLITS
+        },
+        # Measured on the generated train images (tests/test_demo_data.py checks it).
+        pixel_mean=171.374,
+        pixel_std=24.204,
+        layout="cells_demo/{train,val}/*.png, cells_demo/annotations/{train,val}.json",
+        source="generated by iaunet_d2.data.datasets.cells_demo",
+        generated=True,
+    ),
+}
+
+# name -> (dataset key, split)
+_SPLITS: Dict[str, Tuple[str, str]] = {
+    f"{key}_{split}": (key, split) for key, spec in DATASETS.items() for split in spec.splits
+}
+REGISTERED_DATASETS = tuple(_SPLITS)
+
+
+def dataset_root():
+    """The datasets root: ``$DETECTRON2_DATASETS`` or ``./datasets``, as an absolute path."""
+    return os.path.abspath(os.path.expanduser(os.environ.get("DETECTRON2_DATASETS", "datasets")))
+
+
+def dataset_paths(name):
+    """Absolute ``(json_file, image_root)`` of a registered split under the current root."""
+    key, split = _lookup(name)
+    json_rel, image_rel = DATASETS[key].splits[split]
+    root = dataset_root()
+    return os.path.join(root, json_rel), os.path.join(root, image_rel)
+
+
+def _lookup(name):
+    if name not in _SPLITS:
+        raise KeyError(f"'{name}' is not a cell dataset of iaunet_d2; known: {', '.join(REGISTERED_DATASETS)}")
+    return _SPLITS[name]
+
+
+def _base_metadata(name):
+    """Metadata of a split, with file paths resolved under the current root."""
+    key, _ = _lookup(name)
+    spec = DATASETS[key]
+    json_file, image_root = dataset_paths(name)
+    meta = dict(
+        thing_classes=["cell"],
+        evaluator_type="coco",
+        pixel_mean=[spec.pixel_mean] * 3,
+        pixel_std=[spec.pixel_std] * 3,
+        image_root=image_root,
+    )
+    if spec.json_is_clean:
+        meta["json_file"] = json_file
+        # COCO's usual id 1 for the cell category, so that an evaluator built before
+        # the dataset is loaded already maps class 0 right; loading replaces it with
+        # the json's actual id.
+        meta["thing_dataset_id_to_contiguous_id"] = {1: 0}
+    else:
+        # No json_file: COCOEvaluator then builds the ground truth from the filtered
+        # dataset dicts (cached in its output folder) instead of the raw json; without
+        # an id mapping both sides use the contiguous id 0.
+        meta["source_json_file"] = json_file
+    return meta
+
+
+def _reset_metadata(name, **extra):
+    """Replace the split's metadata (Metadata.set refuses to change a value)."""
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    MetadataCatalog.get(name).set(**{**_base_metadata(name), **extra})
+
+
+def _missing_message(name, path, what):
+    key, _ = _lookup(name)
+    spec = DATASETS[key]
+    return (
+        f"Dataset '{name}' ({spec.title}) is not available: its {what} '{path}' does not "
+        f"exist. Datasets are read from $DETECTRON2_DATASETS (now '{dataset_root()}', "
+        f"default ./datasets) with this layout: {spec.layout}. Obtain it from "
+        f"{spec.source}; see {_README} for the download and preparation steps."
+    )
+
+
+def _check_files(name):
+    """Generate demo data if needed, else check that the split's files exist."""
+    key, _ = _lookup(name)
+    if DATASETS[key].generated:
+        cells_demo.ensure_cells_demo(dataset_root())
+    json_file, image_root = dataset_paths(name)
+    if not os.path.isfile(json_file):
+        raise DatasetNotFoundError(_missing_message(name, json_file, "annotation file"))
+    if not os.path.isdir(image_root):
+        raise DatasetNotFoundError(_missing_message(name, image_root, "image folder"))
+    return json_file, image_root
+
+
+def prepare_dataset(name):
+    """Make a split ready for training or evaluation under the current root.
+
+    Generates the demo data when ``name`` is a demo split, otherwise checks that the
+    annotation file and image folder exist, then points the split's metadata
+    (``json_file``, ``image_root``) at the current ``$DETECTRON2_DATASETS``.
+
+    Raises:
+        DatasetNotFoundError: a file or folder of the split is missing.
+        KeyError: ``name`` is not one of :data:`REGISTERED_DATASETS`.
+    """
+    _check_files(name)
+    _reset_metadata(name)
+
+
+def prepare_datasets(names):
+    """:func:`prepare_dataset` for every name (e.g. ``cfg.DATASETS.TRAIN + TEST``)."""
+    for name in names:
+        prepare_dataset(name)
+
+
+def load_cell_dataset(name):
+    """Load a registered split in Detectron2's dataset-dict format.
+
+    Returns:
+        list[dict]: one dict per image ("file_name", "height", "width", "image_id",
+        "annotations" with "bbox" (XYWH_ABS), "segmentation" (polygons or RLE),
+        "category_id" = 0, "iscrowd"). Images matching the dataset's ``drop_files``
+        are removed; annotations of non-cell categories are removed.
+
+    Raises:
+        DatasetNotFoundError: a file or folder of the split is missing.
+    """
+    key, _ = _lookup(name)
+    spec = DATASETS[key]
+    json_file, image_root = _check_files(name)
+
+    # load_coco_json records the json's categories in the metadata of the name it is
+    # given; start from metadata without "thing_classes" so they can be read back.
+    if name in MetadataCatalog.list():
+        MetadataCatalog.remove(name)
+    try:
+        dataset_dicts = load_coco_json(json_file, image_root, dataset_name=name)
+    except Exception:
+        _reset_metadata(name)  # leave usable metadata behind
+        raise
+    json_meta = MetadataCatalog.get(name)
+    json_classes = list(json_meta.get("thing_classes", []))
+    json_ids = dict(json_meta.get("thing_dataset_id_to_contiguous_id", {}))  # json id -> index
+    _reset_metadata(name)  # back to the project's metadata, also if checks below fail
+
+    if spec.json_is_clean and len(json_classes) != 1:
+        raise ValueError(
+            f"Dataset '{name}': {json_file} has categories {json_classes}; a single cell "
+            "category is expected (see datasets/README.md)."
+        )
+    if len(json_classes) == 1:
+        cell_indices = {0}
+    else:
+        wanted = {c.lower() for c in spec.cell_categories}
+        cell_indices = {i for i, c in enumerate(json_classes) if c.lower() in wanted}
+        if not cell_indices:
+            raise ValueError(
+                f"Dataset '{name}': none of the categories {json_classes} of {json_file} "
+                f"is a cell category {list(spec.cell_categories)}."
+            )
+        dropped = [c for i, c in enumerate(json_classes) if i not in cell_indices]
+        logger.info("Dataset '%s': keeping categories as 'cell', dropping %s.", name, dropped)
+
+    patterns = [p.lower() for p in spec.drop_files]
+    kept = []
+    for record in dataset_dicts:
+        base = os.path.basename(record["file_name"]).lower()
+        if any(fnmatch.fnmatch(base, p) for p in patterns):
+            continue
+        annotations = []
+        for anno in record.get("annotations", []):
+            if anno["category_id"] in cell_indices:
+                anno["category_id"] = 0
+                annotations.append(anno)
+        record["annotations"] = annotations
+        kept.append(record)
+    if len(kept) < len(dataset_dicts):
+        logger.info(
+            "Dataset '%s': left out %d image(s) matching %s.",
+            name, len(dataset_dicts) - len(kept), list(spec.drop_files),
+        )
+
+    extra = {}
+    if spec.json_is_clean:
+        # COCOEvaluator writes predictions of class 0 with this json id.
+        (index,) = cell_indices
+        json_id = next(j for j, i in json_ids.items() if i == index)
+        extra["thing_dataset_id_to_contiguous_id"] = {json_id: 0}
+    _reset_metadata(name, **extra)
+    return kept
+
+
+def _register_all():
+    for name in REGISTERED_DATASETS:
+        # Idempotent, so that reloading this module does not trip the catalogs.
+        if name in DatasetCatalog.list():
+            DatasetCatalog.remove(name)
+        if name in MetadataCatalog.list():
+            MetadataCatalog.remove(name)
+        # Default arguments bind the name now, not when the loop has finished.
+        DatasetCatalog.register(name, lambda name=name: load_cell_dataset(name))
+        MetadataCatalog.get(name).set(**_base_metadata(name))
+
+
+_register_all()

@@ -1,0 +1,176 @@
+"""The IAUNet meta-architecture: backbone -> pixel decoder <-> transformer decoder."""
+import math
+from typing import Dict, List, Sequence, Tuple
+
+import torch
+from detectron2.config import configurable
+from detectron2.modeling import META_ARCH_REGISTRY, Backbone, build_backbone
+from detectron2.structures import BitMasks, ImageList, PolygonMasks
+from torch import nn
+
+from .criterion import build_criterion
+from .pixel_decoder import build_pixel_decoder
+from .postprocessing import predictions_to_instances
+from .transformer_decoder import build_transformer_decoder
+
+__all__ = ["IAUNet"]
+
+
+@META_ARCH_REGISTRY.register()
+class IAUNet(nn.Module):
+    """Instance-aware U-Net for instance segmentation.
+
+    Input: Detectron2's list of dicts, each with ``"image"`` (C, H, W) in the model's
+    input format (0-255), and for training ``"instances"`` (``gt_classes``, ``gt_masks``
+    as BitMasks or PolygonMasks at the image size); optionally ``"height"``/``"width"``,
+    the output resolution of the predictions (default: the image's own size).
+
+    Training returns the criterion's dict of weighted losses. Inference returns one dict
+    per image, ``{"instances": Instances}`` with ``pred_masks`` (bool, R x height x width),
+    ``scores``, ``pred_classes``, ``pred_boxes`` and ``pred_query_idx``.
+
+    Set ``model.return_activation_maps = True`` to also get, per image,
+    ``"activation_maps"``: a list over decoder levels (coarse to fine) of (N, h_l, w_l)
+    CPU tensors, the IA layer's maps cropped to the part of the level that covers the
+    image (padding removed; a map therefore sums to at most 1).
+    """
+
+    @configurable
+    def __init__(
+        self,
+        *,
+        backbone: Backbone,
+        pixel_decoder: nn.Module,
+        transformer_decoder: nn.Module,
+        criterion: nn.Module,
+        pixel_mean: Sequence[float],
+        pixel_std: Sequence[float],
+        size_divisibility: int = 32,
+        score_thresh: float = 0.01,
+        mask_thresh: float = 0.5,
+        nms_iou: float = 0.8,
+        max_detections: int = 100,
+    ):
+        """
+        Args:
+            backbone: Detectron2 backbone giving the pixel decoder's input features.
+            pixel_decoder, transformer_decoder: IAUNet's decoders.
+            criterion: maps (outputs, targets) to a dict of weighted losses.
+            pixel_mean, pixel_std: per-channel input normalization (0-255 scale).
+            size_divisibility: images are padded to a multiple of this (at least the
+                backbone's own requirement).
+            score_thresh, mask_thresh, nms_iou, max_detections: inference settings.
+        """
+        super().__init__()
+        self.backbone = backbone
+        self.pixel_decoder = pixel_decoder
+        self.transformer_decoder = transformer_decoder
+        self.criterion = criterion
+        self.size_divisibility = max(int(size_divisibility), int(backbone.size_divisibility))
+        # Buffers so that .to(device) moves them and checkpoints record them.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1))
+        self.score_thresh = score_thresh
+        self.mask_thresh = mask_thresh
+        self.nms_iou = nms_iou
+        self.max_detections = max_detections
+        # When True, inference results also carry the IA activation maps.
+        self.return_activation_maps = False
+
+    @classmethod
+    def from_config(cls, cfg):
+        backbone = build_backbone(cfg)
+        ia = cfg.MODEL.IAUNET
+        return {
+            "backbone": backbone,
+            "pixel_decoder": build_pixel_decoder(cfg, backbone.output_shape()),
+            "transformer_decoder": build_transformer_decoder(cfg),
+            "criterion": build_criterion(cfg),
+            "pixel_mean": cfg.MODEL.PIXEL_MEAN,
+            "pixel_std": cfg.MODEL.PIXEL_STD,
+            "size_divisibility": ia.SIZE_DIVISIBILITY,
+            "score_thresh": ia.TEST.SCORE_THRESH,
+            "mask_thresh": ia.TEST.MASK_THRESH,
+            "nms_iou": ia.TEST.NMS_IOU,
+            "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
+        }
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalize and pad the images: ImageList of (B, C, Hp, Wp) float."""
+        images = [
+            (x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        """Ground truth as the criterion expects it.
+
+        Returns:
+            list of B dicts: "labels" int64 (M,), "masks" float (M, Hp, Wp), the image's
+            masks zero-padded to the batch's padded size.
+        """
+        hp, wp = images.tensor.shape[-2:]
+        targets = []
+        for x in batched_inputs:
+            inst = x["instances"].to(self.device)
+            gt_masks = inst.gt_masks
+            if isinstance(gt_masks, PolygonMasks):
+                h, w = inst.image_size
+                gt_masks = BitMasks.from_polygon_masks(gt_masks, h, w).to(self.device)
+            masks = gt_masks.tensor if isinstance(gt_masks, BitMasks) else gt_masks
+            m, h, w = masks.shape
+            padded = torch.zeros((m, hp, wp), dtype=torch.float32, device=self.device)
+            padded[:, :h, :w] = masks.to(torch.float32)
+            targets.append({"labels": inst.gt_classes.to(torch.int64), "masks": padded})
+        return targets
+
+    def forward(self, batched_inputs: List[Dict]):
+        """See the class docstring for inputs and outputs."""
+        images = self.preprocess_image(batched_inputs)
+        features = self.backbone(images.tensor)
+        outputs = self.transformer_decoder(features, self.pixel_decoder)
+        if self.training:
+            return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
+        return self.inference(outputs, batched_inputs, images)
+
+    def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        """Turn the decoder outputs into one ``{"instances": ...}`` dict per image."""
+        padded_size = tuple(images.tensor.shape[-2:])
+        results = []
+        for i, (x, image_size) in enumerate(zip(batched_inputs, images.image_sizes)):
+            height = x.get("height", image_size[0])
+            width = x.get("width", image_size[1])
+            instances = predictions_to_instances(
+                outputs["pred_logits"][i],
+                outputs["pred_masks"][i],
+                image_size=tuple(image_size),
+                output_size=(height, width),
+                score_thresh=self.score_thresh,
+                mask_thresh=self.mask_thresh,
+                nms_iou=self.nms_iou,
+                max_detections=self.max_detections,
+                padded_size=tuple(padded_size),
+            )
+            result = {"instances": instances}
+            if self.return_activation_maps:
+                result["activation_maps"] = [
+                    _crop_to_image(maps[i], image_size, padded_size).detach().cpu()
+                    for maps in outputs["activation_maps"]
+                ]
+            results.append(result)
+        return results
+
+
+def _crop_to_image(
+    maps: torch.Tensor, image_size: Tuple[int, int], padded_size: Tuple[int, int]
+) -> torch.Tensor:
+    """Crop (N, h, w) maps of a padded (Hp, Wp) input to the part covering image_size."""
+    h, w = maps.shape[-2:]
+    keep_h = min(h, math.ceil(image_size[0] * h / padded_size[0]))
+    keep_w = min(w, math.ceil(image_size[1] * w / padded_size[1]))
+    return maps[:, :keep_h, :keep_w]

@@ -1,0 +1,1 @@
+"""Utilities: model analysis (parameter and FLOP counts)."""

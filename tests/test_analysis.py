@@ -1,0 +1,143 @@
+"""Parameter / FLOP counting utilities and the analyze_model CLI."""
+import os
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+import iaunet_d2  # noqa: F401  (registers the models)
+from iaunet_d2.utils.analysis import count_flops, count_parameters, flatten_outputs
+
+_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+class TinyModel(nn.Module):
+    """Detectron2-style model: list of {"image": (3, H, W)} -> list of output dicts."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, kernel_size=3, padding=1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, batched_inputs):
+        x = torch.stack([d["image"] for d in batched_inputs])
+        feat = self.conv(x)
+        logits = self.head(feat.mean(dim=(2, 3)))
+        return [{"sem_seg": feat[0], "logits": logits[0]}]
+
+
+class AttentionModel(nn.Module):
+    """Runs fused attention and baddbmm on fixed shapes; no parameters."""
+
+    def forward(self, batched_inputs):
+        x = batched_inputs[0]["image"]
+        q = x.new_ones(1, 2, 5, 4)
+        k = x.new_ones(1, 2, 7, 4)
+        v = x.new_ones(1, 2, 7, 3)
+        out = F.scaled_dot_product_attention(q, k, v)  # 2 * 5 * 7 * (4 + 3) MACs
+        b = torch.baddbmm(x.new_zeros(3, 5, 6), x.new_ones(3, 5, 2), x.new_ones(3, 2, 6))
+        return [{"a": out, "b": b + x.sum()}]  # baddbmm: 3 * 5 * 2 * 6 MACs
+
+
+def test_count_parameters_exact():
+    counts = count_parameters(TinyModel())
+    conv = 3 * 3 * 3 * 8 + 8
+    head = 8 * 4 + 4
+    assert dict(counts) == {"total": conv + head, "conv": conv, "head": head}
+    assert list(counts)[0] == "total"
+
+
+def test_count_parameters_own_and_shared():
+    class Shared(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(2, 2)
+            self.b = self.a  # same module twice: counted once in total
+            self.scale = nn.Parameter(torch.ones(3))
+
+    counts = count_parameters(Shared())
+    assert counts["total"] == 6 + 3
+    assert counts["(other)"] == 3
+
+
+def test_count_flops_exact():
+    h, w = 16, 12
+    total, per_module, unsupported = count_flops(TinyModel(), h, w)
+    conv_macs = h * w * 8 * 3 * 3 * 3  # output elements x (cin * k * k); bias not counted
+    head_macs = 8 * 4
+    assert total == 2 * (conv_macs + head_macs)
+    assert per_module["conv"] == 2 * conv_macs
+    assert per_module["head"] == 2 * head_macs
+    assert per_module["(other)"] == 0
+    assert unsupported["aten::mean"] == 1
+
+
+def test_count_flops_attention_handles():
+    total, _, unsupported = count_flops(AttentionModel(), 4, 4)
+    assert total == 0  # fvcore's plain count (the paper's convention) skips both
+    assert unsupported["aten::scaled_dot_product_attention"] == 1
+    assert unsupported["aten::baddbmm"] == 1
+    total, _, unsupported = count_flops(AttentionModel(), 4, 4, count_attention=True)
+    assert total == 2 * (2 * 5 * 7 * (4 + 3) + 3 * 5 * 2 * 6)
+    assert "aten::scaled_dot_product_attention" not in unsupported
+    assert "aten::baddbmm" not in unsupported
+
+
+def test_flatten_outputs_instances():
+    from detectron2.structures import Boxes, Instances
+
+    inst = Instances((4, 4))
+    inst.pred_boxes = Boxes(torch.zeros(2, 4))
+    inst.scores = torch.ones(2)
+    flat = flatten_outputs([{"instances": inst, "meta": "x"}])
+    assert len(flat) == 2 and all(torch.is_tensor(t) for t in flat)
+
+
+def test_mask_rcnn_counts():
+    from detectron2.modeling import build_model
+    from iaunet_d2.engine.defaults import build_config
+
+    cfg = build_config(os.path.join(_ROOT, "configs", "demo", "mask_rcnn_R50.yaml"),
+                       ["MODEL.DEVICE", "cpu"], prepare_data=False)
+    model = build_model(cfg)
+    params = count_parameters(model)
+    assert list(params) == ["total", "backbone", "proposal_generator", "roi_heads"]
+    assert abs(params["total"] / 1e6 - 43.97) < 0.05  # paper: 44M
+    total, per_module, _ = count_flops(model, 64, 64)
+    assert total > 0 and per_module["backbone"] > 0
+
+
+def _run_cli(capsys, *args):
+    sys.path.insert(0, os.path.join(_ROOT, "tools"))
+    try:
+        import analyze_model
+    finally:
+        sys.path.pop(0)
+    assert analyze_model.main(list(args)) == 0
+    return capsys.readouterr()
+
+
+def test_cli_markdown_table(capsys):
+    cfg = os.path.join(_ROOT, "configs", "demo", "iaunet_R18_small.yaml")
+    out = _run_cli(capsys, "--config-file", cfg, "--input-size", "64", "64", "--per-module").out
+    lines = [line for line in out.splitlines() if line.startswith("|")]
+    header = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert header[:4] == ["config", "model", "params (M)", "GFLOPs"]
+    row = [c.strip() for c in lines[2].strip("|").split("|")]
+    assert row[1] == "IAUNet R18"
+    assert float(row[2]) > 0 and float(row[3]) > 0
+    modules = {line.split("|")[2].strip() for line in lines if "iaunet_R18_small" in line}
+    assert {"backbone", "pixel_decoder", "transformer_decoder"} <= modules
+    assert "not counted" in out
+
+
+def test_cli_csv(capsys):
+    cfg = os.path.join(_ROOT, "configs", "demo", "iaunet_R18_small.yaml")
+    res = _run_cli(capsys, "--config-file", cfg, "--input-size", "64", "64", "--format", "csv",
+                   "MODEL.IAUNET.NUM_QUERIES", "10")
+    lines = res.out.strip().splitlines()
+    assert lines[0] == "config,model,params (M),GFLOPs,paper params (M),paper GFLOPs"
+    assert len(lines) == 2
+    assert "not counted" in res.err

@@ -1,0 +1,32 @@
+"""Small, fast training settings shared by the engine tests."""
+import os
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+DEMO_MASK_RCNN = os.path.join(REPO_ROOT, "configs", "demo", "mask_rcnn_R50.yaml")
+DEMO_POINTREND = os.path.join(REPO_ROOT, "configs", "demo", "pointrend_R50.yaml")
+
+
+def tiny_rcnn_opts(output_dir, max_iter=3, **overrides):
+    """Command-line style overrides that shrink a demo R-CNN config to seconds on CPU:
+    ResNet-18 FPN, 96-pixel inputs, batch 2, no data-loader workers."""
+    opts = {
+        "MODEL.DEVICE": "cpu",
+        "MODEL.RESNETS.DEPTH": 18,
+        "MODEL.RESNETS.RES2_OUT_CHANNELS": 64,
+        "MODEL.ROI_HEADS.BATCH_SIZE_PER_IMAGE": 64,
+        "MODEL.RPN.POST_NMS_TOPK_TRAIN": 100,
+        "MODEL.RPN.POST_NMS_TOPK_TEST": 100,
+        "INPUT.IMAGE_SIZE": 96,
+        "SOLVER.IMS_PER_BATCH": 2,
+        "SOLVER.MAX_ITER": max_iter,
+        "SOLVER.WARMUP_ITERS": 1,
+        "SOLVER.CHECKPOINT_PERIOD": 1000,
+        "DATALOADER.NUM_WORKERS": 0,
+        "TEST.EVAL_PERIOD": 0,
+        "OUTPUT_DIR": str(output_dir),
+    }
+    opts.update(overrides)
+    flat = []
+    for key, value in opts.items():
+        flat += [key, str(value)]
+    return flat
