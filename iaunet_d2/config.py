@@ -83,6 +83,9 @@ def add_iaunet_config(cfg):
     cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.01
     cfg.MODEL.IAUNET.TEST.MASK_THRESH = 0.5
     cfg.MODEL.IAUNET.TEST.NMS_IOU = 0.8
+    # Mixed precision for inference: "" (fp32), "bf16" or "fp16" (torch.autocast on the
+    # model's device; meant for CUDA). Post-processing always runs in fp32.
+    cfg.MODEL.IAUNET.TEST.AMP = ""
 
 
 def apply_pretrained_policy(cfg):

@@ -55,6 +55,9 @@ fi
 
 say "installing iaunet_d2 (editable) and its dependencies"
 "${PIP[@]}" install -c "$CONSTRAINTS" --no-build-isolation -e "$ROOT[test]"
+# The tests use the real DSB2018 nuclei image that stardist ships (its data only: the
+# package itself would pull in TensorFlow, so its dependencies are not installed).
+"${PIP[@]}" install -c "$CONSTRAINTS" --no-deps "stardist==0.9.2"
 
 "$PY" -c "import iaunet_d2, detectron2, torch; print('[setup] ok: torch', torch.__version__, '| detectron2', detectron2.__version__, '| compiled ops:', iaunet_d2.compat.HAS_COMPILED_OPS)"
 say "done in $(( $(date +%s) - START )) s; activate with: source $VENV/bin/activate"

@@ -53,7 +53,7 @@ def read_image(path, format="BGR", channel=None):
     """
     if format not in ("BGR", "RGB"):
         raise ValueError(f"read_image supports format 'BGR' or 'RGB', got {format!r}")
-    array = _decode(path)
+    array = read_raw_image(path)
     image = _to_hwc(array, path, channel)
     image = to_uint8(image)
     if image.shape[2] == 1:
@@ -94,8 +94,11 @@ def to_uint8(array):
     return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
 
 
-def _decode(path):
-    """Returns the decoded array; colour images in RGB(A) order."""
+def read_raw_image(path):
+    """The decoded array as stored (any dtype and channel count; colour in RGB(A) order).
+
+    Raises ImageReadError naming the file when it is missing, empty or undecodable.
+    """
     if not os.path.exists(path):
         raise ImageReadError(f"Cannot read image '{path}': file not found.")
     if os.path.isdir(path):

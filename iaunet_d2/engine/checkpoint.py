@@ -1,37 +1,17 @@
 """A checkpointer whose files are never half-written."""
 import os
 import pickle
-import tempfile
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
+
+from ..utils.file_io import atomic_write
 
 __all__ = ["AtomicCheckpointer", "CheckpointReadError"]
 
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file exists but cannot be read."""
-
-
-def _atomic_write(path, write_fn, mode="wb"):
-    """Write through a temp file in the same folder, fsync, then rename over ``path``.
-
-    A process killed mid-write leaves at most a stray ``.tmp`` file; ``path`` holds
-    either its previous content or the complete new one.
-    """
-    folder = os.path.dirname(path) or "."
-    fd, tmp_path = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp",
-                                    dir=folder)
-    try:
-        with os.fdopen(fd, mode) as f:
-            write_fn(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_path, path)
-    except BaseException:
-        if os.path.exists(tmp_path):
-            os.remove(tmp_path)
-        raise
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -48,12 +28,12 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        _atomic_write(path, lambda f: torch.save(data, f))
+        atomic_write(path, lambda f: torch.save(data, f))
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
         path = os.path.join(self.save_dir, "last_checkpoint")
-        _atomic_write(path, lambda f: f.write(last_filename_basename), mode="w")
+        atomic_write(path, lambda f: f.write(last_filename_basename), mode="w")
 
     def _load_file(self, filename):
         try:

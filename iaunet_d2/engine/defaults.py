@@ -17,10 +17,11 @@ logger = logging.getLogger(__name__)
 def build_config(config_file, opts=(), prepare_data=True):
     """Merge ``config_file`` and command-line ``opts`` into a frozen config.
 
-    With ``prepare_data`` the datasets named in DATASETS.TRAIN/TEST are checked first
-    (demo data is generated; missing data raises ``DatasetNotFoundError``), and when
-    ``INPUT.PIXEL_STATS_FROM_DATASET`` is on, MODEL.PIXEL_MEAN/STD are taken from the
-    first dataset's metadata, the one place where a dataset's statistics are recorded.
+    With ``INPUT.PIXEL_STATS_FROM_DATASET`` on, MODEL.PIXEL_MEAN/STD are taken from the
+    registered metadata of the first dataset in DATASETS.TRAIN/TEST, the one place where
+    a dataset's statistics are recorded (no file is read for that). With
+    ``prepare_data`` those datasets are also checked on disk first: demo data is
+    generated, missing data raises ``DatasetNotFoundError``.
     """
     cfg = get_cfg()
     add_pointrend_config(cfg)
@@ -28,13 +29,19 @@ def build_config(config_file, opts=(), prepare_data=True):
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     apply_pretrained_policy(cfg)
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
     if prepare_data:
-        names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
         prepare_datasets(names)
-        if cfg.INPUT.PIXEL_STATS_FROM_DATASET and names:
-            meta = MetadataCatalog.get(names[0])
-            cfg.MODEL.PIXEL_MEAN = [float(v) for v in meta.pixel_mean]
-            cfg.MODEL.PIXEL_STD = [float(v) for v in meta.pixel_std]
+    if cfg.INPUT.PIXEL_STATS_FROM_DATASET and names:
+        meta = MetadataCatalog.get(names[0])
+        if meta.get("pixel_mean") is None:
+            raise ValueError(
+                f"INPUT.PIXEL_STATS_FROM_DATASET is on but dataset '{names[0]}' has no "
+                "pixel_mean/pixel_std metadata; set MODEL.PIXEL_MEAN/PIXEL_STD and "
+                "INPUT.PIXEL_STATS_FROM_DATASET False."
+            )
+        cfg.MODEL.PIXEL_MEAN = [float(v) for v in meta.pixel_mean]
+        cfg.MODEL.PIXEL_STD = [float(v) for v in meta.pixel_std]
     cfg.freeze()
     return cfg
 

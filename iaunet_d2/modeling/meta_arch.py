@@ -1,4 +1,5 @@
 """The IAUNet meta-architecture: backbone -> pixel decoder <-> transformer decoder."""
+import contextlib
 import math
 from typing import Dict, List, Sequence, Tuple
 
@@ -14,6 +15,8 @@ from .postprocessing import predictions_to_instances
 from .transformer_decoder import build_transformer_decoder
 
 __all__ = ["IAUNet"]
+
+_AMP_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 @META_ARCH_REGISTRY.register()
@@ -50,6 +53,7 @@ class IAUNet(nn.Module):
         mask_thresh: float = 0.5,
         nms_iou: float = 0.8,
         max_detections: int = 100,
+        amp: str = "",
     ):
         """
         Args:
@@ -60,6 +64,7 @@ class IAUNet(nn.Module):
             size_divisibility: images are padded to a multiple of this (at least the
                 backbone's own requirement).
             score_thresh, mask_thresh, nms_iou, max_detections: inference settings.
+            amp: inference autocast dtype, "" (off), "bf16" or "fp16".
         """
         super().__init__()
         self.backbone = backbone
@@ -74,6 +79,12 @@ class IAUNet(nn.Module):
         self.mask_thresh = mask_thresh
         self.nms_iou = nms_iou
         self.max_detections = max_detections
+        if amp not in _AMP_DTYPES:
+            raise ValueError(f"MODEL.IAUNET.TEST.AMP must be one of {sorted(_AMP_DTYPES)}, got {amp!r}")
+        self.amp = amp
+        # Fast inference path (eval mode only; see ``_inference_context``): inference
+        # mode when autograd is already off, channels-last activations on CPU.
+        self.fast_inference = True
         # When True, inference results also carry the IA activation maps.
         self.return_activation_maps = False
 
@@ -93,6 +104,7 @@ class IAUNet(nn.Module):
             "mask_thresh": ia.TEST.MASK_THRESH,
             "nms_iou": ia.TEST.NMS_IOU,
             "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
+            "amp": ia.TEST.get("AMP", ""),
         }
 
     @property
@@ -131,12 +143,37 @@ class IAUNet(nn.Module):
 
     def forward(self, batched_inputs: List[Dict]):
         """See the class docstring for inputs and outputs."""
-        images = self.preprocess_image(batched_inputs)
-        features = self.backbone(images.tensor)
-        outputs = self.transformer_decoder(features, self.pixel_decoder)
         if self.training:
+            images = self.preprocess_image(batched_inputs)
+            features = self.backbone(images.tensor)
+            outputs = self.transformer_decoder(features, self.pixel_decoder)
             return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
-        return self.inference(outputs, batched_inputs, images)
+        with self._inference_context():
+            images = self.preprocess_image(batched_inputs)
+            x = images.tensor
+            fast = self.fast_inference and not torch.jit.is_tracing()
+            if fast and x.device.type == "cpu":
+                # oneDNN convolutions run faster on NHWC; the layout propagates through
+                # the network and makes the pixel-token views of the decoder copy-free.
+                x = x.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                features = self.backbone(x)
+                outputs = self.transformer_decoder(features, self.pixel_decoder)
+            return self.inference(outputs, batched_inputs, images)
+
+    def _inference_context(self):
+        """``torch.inference_mode`` when the caller already disabled autograd (as
+        Detectron2's evaluation loop does) and the fast path is on; otherwise nothing,
+        so that eval-mode forwards with autograd (e.g. saliency) keep working."""
+        if self.fast_inference and not torch.is_grad_enabled() and not torch.jit.is_tracing():
+            return torch.inference_mode()
+        return contextlib.nullcontext()
+
+    def _autocast(self):
+        """Autocast for the network (not post-processing) when MODEL.IAUNET.TEST.AMP is set."""
+        if not self.amp or torch.jit.is_tracing():
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=self.device.type, dtype=_AMP_DTYPES[self.amp])
 
     def inference(self, outputs: Dict, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
         """Turn the decoder outputs into one ``{"instances": ...}`` dict per image."""

@@ -109,7 +109,8 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     if num == 0:
         return torch.zeros(0, 4, dtype=torch.float32, device=masks.device)
     # uint8 max-reductions: several times faster than bool any() / comparisons on CPU.
-    fg = masks.view(torch.uint8) if masks.dtype == torch.bool else (masks > 0).view(torch.uint8)
+    # (A reinterpreting view(torch.uint8) would avoid the copy but cannot be traced.)
+    fg = (masks if masks.dtype == torch.bool else masks > 0).to(torch.uint8)
     cols = fg.amax(dim=1) > 0  # (K, W)
     rows = fg.amax(dim=2) > 0  # (K, H)
     x_range = torch.arange(width, device=masks.device)
@@ -122,6 +123,42 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     boxes = torch.stack([x0, y0, x1, y1], dim=1).to(torch.float32)
     nonempty = cols.any(dim=1)
     return boxes * nonempty[:, None]
+
+
+# Masks per block in ``_foreground_and_maskness``: 8 x 512 x 512 fp32 = 8 MiB.
+MASK_CHUNK_PIXELS = 8 * 512 * 512
+
+
+def _mask_probs(mask_logits: torch.Tensor, padded_size, image_size) -> torch.Tensor:
+    """(K, h, w) low-resolution logits -> (K, h_img, w_img) fp32 probabilities: bilinear
+    upsampling to the padded input size, crop to the image, sigmoid."""
+    logits = F.interpolate(
+        mask_logits[None].float(), size=tuple(padded_size), mode="bilinear", align_corners=False
+    )[0, :, : image_size[0], : image_size[1]]
+    return logits.sigmoid_()  # in place: the logits are not needed
+
+
+def _foreground_and_maskness(mask_logits: torch.Tensor, padded_size, image_size, mask_thresh):
+    """Binary masks (K, h_img, w_img) bool and maskness (K,) fp32 of low-res mask logits.
+
+    maskness = mean probability over the pixels with probability > mask_thresh (0 if
+    none). Without autograd the masks are processed a few at a time so that the
+    full-resolution probabilities stay in the CPU caches and are never stored for all K.
+    """
+    num = mask_logits.shape[0]
+    pixels = max(1, int(padded_size[0]) * int(padded_size[1]))
+    chunk = num if torch.is_grad_enabled() else max(1, MASK_CHUNK_PIXELS // pixels)
+    foreground = torch.empty((num, int(image_size[0]), int(image_size[1])), dtype=torch.bool,
+                             device=mask_logits.device)
+    maskness = torch.empty(num, dtype=torch.float32, device=mask_logits.device)
+    for start in range(0, num, chunk):
+        end = min(start + chunk, num)
+        probs = _mask_probs(mask_logits[start:end], padded_size, image_size)
+        fg = probs > mask_thresh
+        foreground[start:end] = fg
+        fg_probs = torch.where(fg, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
+        maskness[start:end] = fg_probs.flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
+    return foreground, maskness
 
 
 def _empty_instances(output_size, device) -> Instances:
@@ -188,14 +225,9 @@ def predictions_to_instances(
 
     # Masks once per distinct query (a query may be a candidate for several classes).
     queries, cand_to_query = torch.unique(cand_query, return_inverse=True)
-    logits = F.interpolate(
-        pred_masks[queries][None].float(), size=tuple(padded_size), mode="bilinear",
-        align_corners=False,
-    )[0, :, :h_img, :w_img]
-    probs = logits.sigmoid_()  # (U, h_img, w_img), in place: the logits are not needed
-    del logits
-    foreground = probs > mask_thresh
-    maskness = (probs * foreground).flatten(1).sum(1) / foreground.flatten(1).sum(1).clamp(min=1)
+    foreground, maskness = _foreground_and_maskness(
+        pred_masks[queries], tuple(padded_size), (h_img, w_img), mask_thresh
+    )
 
     scores = cand_prob * maskness[cand_to_query]
     passing = scores >= score_thresh
@@ -216,8 +248,10 @@ def predictions_to_instances(
         out_masks = foreground[cand_to_query]
     else:
         # Bilinear on probabilities, then threshold: smoother borders than resizing masks.
+        # The probabilities of the kept masks only are recomputed (same ops, same values).
+        probs = _mask_probs(pred_masks[queries[cand_to_query]], tuple(padded_size), (h_img, w_img))
         out_probs = F.interpolate(
-            probs[cand_to_query][None], size=(out_h, out_w), mode="bilinear", align_corners=False
+            probs[None], size=(out_h, out_w), mode="bilinear", align_corners=False
         )[0]
         out_masks = out_probs > mask_thresh
 

@@ -1,1 +1,1 @@
-"""Utilities: model analysis (parameter and FLOP counts)."""
+"""Utilities: model analysis (parameter and FLOP counts) and atomic file writes."""

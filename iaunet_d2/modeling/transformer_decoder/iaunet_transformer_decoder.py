@@ -124,6 +124,37 @@ class FFNLayer(nn.Module):
         return self.norm(x + self.dropout(y))
 
 
+# Pixels per block of the blocked pixel path (see ``_pixel_path``).
+PIXEL_CHUNK = 4096
+
+
+def _pixel_path(
+    attn: AttentionLayer,
+    ffn: FFNLayer,
+    x: torch.Tensor,
+    queries: torch.Tensor,
+    pixel_pos: torch.Tensor,
+    query_pos: torch.Tensor,
+) -> torch.Tensor:
+    """``ffn(attn(x, queries, pixel_pos, query_pos))`` for pixel tokens x (B, L, d).
+
+    Every step is independent per pixel (the pixels attend to the queries, never to each
+    other), so without autograd the pixels are processed in blocks of ``PIXEL_CHUNK``:
+    the (block, dim_feedforward) FFN activations then stay in the CPU caches instead of
+    streaming a (L, dim_feedforward) tensor (128 MiB for R50 at 512 px) through memory.
+    Results equal the unblocked path up to float rounding. With autograd (training) the
+    plain path runs.
+    """
+    length = x.shape[1]
+    if torch.is_grad_enabled() or length <= PIXEL_CHUNK:
+        return ffn(attn(x, queries, pixel_pos, query_pos))
+    out = torch.empty_like(x)
+    for start in range(0, length, PIXEL_CHUNK):
+        end = min(start + PIXEL_CHUNK, length)
+        out[:, start:end] = ffn(attn(x[:, start:end], queries, pixel_pos[:, start:end], query_pos))
+    return out
+
+
 class DualPathDecoderLayer(nn.Module):
     """One parallel dual-path decoder layer.
 
@@ -162,8 +193,8 @@ class DualPathDecoderLayer(nn.Module):
         Returns:
             updated (queries (B, Q, d), inst (B, L, d), mask (B, L, d)).
         """
-        inst = self.inst_ffn(self.inst_cross_attn(inst, queries, pixel_pos, query_pos))
-        mask = self.mask_ffn(self.mask_cross_attn(mask, queries, pixel_pos, query_pos))
+        inst = _pixel_path(self.inst_cross_attn, self.inst_ffn, inst, queries, pixel_pos, query_pos)
+        mask = _pixel_path(self.mask_cross_attn, self.mask_ffn, mask, queries, pixel_pos, query_pos)
         queries = self.query_cross_attn(queries, inst, query_pos, pixel_pos)
         queries = self.query_self_attn(queries, None, query_pos)
         queries = self.query_ffn(queries)
