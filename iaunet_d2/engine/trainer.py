@@ -74,6 +74,11 @@ class Trainer(DefaultTrainer):
         if "_trainer" in state:
             self._trainer.load_state_dict(state["_trainer"])
 
+    def train(self):
+        """Train, then return the results of the final evaluation (None without one)."""
+        super().train()
+        return getattr(self, "_last_eval_results", None)
+
     def build_hooks(self):
         # Called from DefaultTrainer.__init__ before the hooks capture the checkpointer.
         self.checkpointer = AtomicCheckpointer(

@@ -161,12 +161,25 @@ def _reset_peak_rss() -> bool:
         return False
 
 
+def _release_free_heap():
+    """Give memory that the allocator keeps after frees back to the OS (glibc), so that
+    the next call's peak shows up as RSS growth instead of reusing retained pages."""
+    import ctypes
+    import gc
+
+    gc.collect()
+    try:
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
 def measure_peak_memory(fn: Callable[[], object], device: str = "cpu") -> Dict[str, object]:
     """Peak memory that one call of ``fn`` adds, in MiB.
 
     CUDA: ``torch.cuda.max_memory_allocated`` above the allocation before the call.
     CPU: peak resident set size (VmHWM, reset through /proc/self/clear_refs) above the
-    RSS before the call; where the reset is not allowed, the RSS growth after the call
+    RSS before the call, after returning the allocator's free memory to the OS; where the reset is not allowed, the RSS growth after the call
     (a lower bound; the method is reported).
     """
     if str(device).startswith("cuda"):
@@ -177,6 +190,7 @@ def measure_peak_memory(fn: Callable[[], object], device: str = "cpu") -> Dict[s
         torch.cuda.synchronize()
         return {"peak_mib": (torch.cuda.max_memory_allocated() - before) / 2 ** 20,
                 "method": "cuda.max_memory_allocated"}
+    _release_free_heap()
     before = _proc_status_kib("VmRSS")
     if before is None:
         fn()

@@ -1,0 +1,147 @@
+"""The fast inference path (inference mode, channels-last, blocked pixel path, blocked
+mask post-processing, optional autocast) gives the plain path's outputs."""
+import iaunet_d2  # noqa: F401
+import pytest
+import torch
+from detectron2.modeling import build_model
+
+import iaunet_d2.modeling.postprocessing as postprocessing
+import iaunet_d2.modeling.transformer_decoder.iaunet_transformer_decoder as decoder_module
+from iaunet_d2.modeling.transformer_decoder import DualPathDecoderLayer
+from iaunet_d2.modeling.postprocessing import mask_iou_matrix, predictions_to_instances
+from iaunet_test_utils import small_iaunet_cfg
+
+PLAIN = {"pixel_chunk": 10 ** 9, "mask_chunk_pixels": 10 ** 12}
+
+
+def _set_chunks(monkeypatch, pixel_chunk, mask_chunk_pixels):
+    monkeypatch.setattr(decoder_module, "PIXEL_CHUNK", pixel_chunk)
+    monkeypatch.setattr(postprocessing, "MASK_CHUNK_PIXELS", mask_chunk_pixels)
+
+
+def _model(**overrides):
+    cfg = small_iaunet_cfg(NUM_QUERIES=12)
+    cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.0  # every query reaches NMS and the output
+    cfg.MODEL.IAUNET.TEST.NMS_IOU = 1.0  # nothing suppressed: all queries comparable
+    cfg.TEST.DETECTIONS_PER_IMAGE = 12
+    for key, value in overrides.items():
+        setattr(cfg.MODEL.IAUNET.TEST, key, value)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    # Larger mask logits than a random init gives, so that masks are not all empty.
+    with torch.no_grad():
+        model.transformer_decoder.kernel_embed.weight.mul_(20.0)
+    return model
+
+
+def _inputs(size=(96, 80), out=(120, 100)):
+    gen = torch.Generator().manual_seed(1)
+    image = torch.randint(0, 255, (3, *size), generator=gen, dtype=torch.uint8)
+    return [{"image": image, "height": out[0], "width": out[1]}]
+
+
+def _run(model, inputs, fast, monkeypatch, pixel_chunk, mask_chunk_pixels):
+    _set_chunks(monkeypatch, pixel_chunk, mask_chunk_pixels)
+    model.fast_inference = fast
+    with torch.no_grad():
+        return model(inputs)[0]["instances"]
+
+
+def _by_query(inst):
+    order = torch.argsort(inst.pred_query_idx)
+    return inst.pred_query_idx[order], inst.scores[order], inst.pred_masks[order]
+
+
+def _assert_same_instances(a, b, score_atol=1e-4, min_iou=0.98):
+    qa, sa, ma = _by_query(a)
+    qb, sb, mb = _by_query(b)
+    assert torch.equal(qa, qb)
+    assert torch.allclose(sa, sb, atol=score_atol, rtol=1e-3)
+    both = torch.cat([ma, mb])
+    iou = mask_iou_matrix(both)
+    k = ma.shape[0]
+    diag = iou[torch.arange(k), torch.arange(k) + k]
+    nonempty = ma.flatten(1).any(1) | mb.flatten(1).any(1)
+    assert nonempty.any(), "test needs some non-empty masks"
+    assert (diag[nonempty] >= min_iou).all(), diag
+
+
+def test_fast_path_matches_plain_path(monkeypatch):
+    model = _model()
+    inputs = _inputs()
+    plain = _run(model, inputs, False, monkeypatch, **PLAIN)
+    # Tiny blocks so that both blocked code paths run several blocks.
+    fast = _run(model, inputs, True, monkeypatch, 50, 3 * 96 * 96)
+    assert len(plain) == len(fast) == 12
+    assert fast.pred_masks.shape == plain.pred_masks.shape == (12, 120, 100)
+    _assert_same_instances(plain, fast)
+    assert torch.equal(plain.pred_classes[torch.argsort(plain.pred_query_idx)],
+                       fast.pred_classes[torch.argsort(fast.pred_query_idx)])
+
+
+def test_fast_path_uses_inference_mode_only_without_autograd(monkeypatch):
+    model = _model()
+    inputs = _inputs()
+    model.fast_inference = True
+    with torch.no_grad():
+        out = model(inputs)[0]["instances"]
+    assert out.scores.is_inference()
+    # Eval-mode forward with autograd on (e.g. for saliency) stays differentiable.
+    out = model(inputs)[0]["instances"]
+    assert not out.scores.is_inference()
+    assert out.scores.requires_grad
+
+
+def test_channels_last_and_inference_mode_each_match(monkeypatch):
+    model = _model()
+    inputs = _inputs((64, 64), (64, 64))
+    plain = _run(model, inputs, False, monkeypatch, **PLAIN)
+    fast_unblocked = _run(model, inputs, True, monkeypatch, **PLAIN)
+    _assert_same_instances(plain, fast_unblocked)
+
+
+def test_blocked_pixel_path_matches_unblocked(monkeypatch):
+    torch.manual_seed(0)
+    layer = DualPathDecoderLayer(32, 4, 64).eval()
+    queries, query_pos = torch.randn(2, 6, 32), torch.randn(2, 6, 32)
+    inst, mask, pos = torch.randn(2, 200, 32), torch.randn(2, 200, 32), torch.randn(2, 200, 32)
+    with torch.no_grad():
+        monkeypatch.setattr(decoder_module, "PIXEL_CHUNK", 10 ** 9)
+        ref = layer(queries, query_pos, inst, mask, pos)
+        monkeypatch.setattr(decoder_module, "PIXEL_CHUNK", 64)  # 64 + 64 + 64 + 8
+        blocked = layer(queries, query_pos, inst, mask, pos)
+    for a, b in zip(ref, blocked):
+        assert torch.allclose(a, b, atol=1e-5)
+
+
+@pytest.mark.parametrize("out_size", [(64, 48), (90, 70)])
+def test_blocked_postprocessing_matches(monkeypatch, out_size):
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(10, 2, generator=gen)
+    masks = torch.randn(10, 16, 16, generator=gen) * 4
+    kwargs = dict(image_size=(64, 48), output_size=out_size, score_thresh=0.0, nms_iou=0.5,
+                  padded_size=(64, 64))
+    with torch.no_grad():
+        monkeypatch.setattr(postprocessing, "MASK_CHUNK_PIXELS", 10 ** 12)
+        ref = predictions_to_instances(logits, masks, **kwargs)
+        monkeypatch.setattr(postprocessing, "MASK_CHUNK_PIXELS", 3 * 64 * 64)
+        blocked = predictions_to_instances(logits, masks, **kwargs)
+    assert torch.equal(ref.pred_query_idx, blocked.pred_query_idx)
+    assert torch.allclose(ref.scores, blocked.scores, atol=1e-6)  # sum order may differ
+    assert torch.equal(ref.pred_masks, blocked.pred_masks)
+
+
+def test_amp_switch(monkeypatch):
+    with pytest.raises(ValueError, match="AMP"):
+        _model(AMP="fp8")
+    model = _model(AMP="bf16")
+    assert model.amp == "bf16"
+    inputs = _inputs((64, 64), (64, 64))
+    amp = _run(model, inputs, True, monkeypatch, **PLAIN)
+    model.amp = ""
+    fp32 = _run(model, inputs, True, monkeypatch, **PLAIN)
+    assert amp.scores.dtype == torch.float32 and len(amp) == len(fp32)
+    # bf16 keeps ~3 significant digits: scores agree loosely.
+    _, s_amp, _ = _by_query(amp)
+    _, s_fp32, _ = _by_query(fp32)
+    assert torch.allclose(s_amp, s_fp32, atol=0.05)
