@@ -125,8 +125,10 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
     return boxes * nonempty[:, None]
 
 
-# Masks per block in ``_foreground_and_maskness``: 8 x 512 x 512 fp32 = 8 MiB.
-MASK_CHUNK_PIXELS = 8 * 512 * 512
+# Full-resolution pixels per block in ``_foreground_and_maskness``: 32 masks of 512 x 512
+# (32 MiB fp32), i.e. 4 blocks for 100 queries: the blocks avoid a (K, H, W) product
+# tensor, and few blocks keep the op count low (ops stall on a busy shared CPU).
+MASK_CHUNK_PIXELS = 32 * 512 * 512
 
 
 def _mask_probs(mask_logits: torch.Tensor, padded_size, image_size) -> torch.Tensor:
@@ -142,8 +144,8 @@ def _foreground_and_maskness(mask_logits: torch.Tensor, padded_size, image_size,
     """Binary masks (K, h_img, w_img) bool and maskness (K,) fp32 of low-res mask logits.
 
     maskness = mean probability over the pixels with probability > mask_thresh (0 if
-    none). Without autograd the masks are processed a few at a time so that the
-    full-resolution probabilities stay in the CPU caches and are never stored for all K.
+    none). Without autograd the masks are processed in blocks of MASK_CHUNK_PIXELS
+    full-resolution pixels, so the probabilities are never stored for all K at once.
     """
     num = mask_logits.shape[0]
     pixels = max(1, int(padded_size[0]) * int(padded_size[1]))
