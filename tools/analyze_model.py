@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 import iaunet_d2  # noqa: E402,F401  (registers the project's models)
 import iaunet_d2.modeling.backbone  # noqa: E402,F401  (registers build_swin_backbone)
-from iaunet_d2.utils.analysis import count_flops, count_parameters  # noqa: E402
+from iaunet_d2.utils.analysis import count_flops, count_parameters, describe_model  # noqa: E402
 
 # Paper Tables 1-2: (#params in M, GFLOPs at 512x512).
 PAPER_TARGETS = {
@@ -49,7 +49,6 @@ PAPER_TARGETS = {
     ("PointRend", "Swin-B"): (119, 131),
 }
 
-_SWIN_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
 
 
 def get_parser():
@@ -80,24 +79,6 @@ def load_config(path, opts):
 
     opts = list(opts) + ["MODEL.DEVICE", "cpu"]
     return build_config(path, opts, prepare_data=False)
-
-
-def describe_model(cfg):
-    """(architecture, backbone) labels, e.g. ("IAUNet", "R50"), ("PointRend", "Swin-S")."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "GeneralizedRCNN":
-        mask_head = cfg.MODEL.ROI_MASK_HEAD.NAME if cfg.MODEL.MASK_ON else ""
-        arch = "PointRend" if "PointRend" in mask_head else "Mask R-CNN"
-    name = cfg.MODEL.BACKBONE.NAME
-    if "swin" in name:
-        timm_name = cfg.MODEL.SWIN.TIMM_NAME
-        size = next((v for k, v in _SWIN_SIZES.items() if k in timm_name), "?")
-        backbone = f"Swin-{size}"
-    elif "resnet" in name:
-        backbone = f"R{cfg.MODEL.RESNETS.DEPTH}"
-    else:
-        backbone = name
-    return arch, backbone
 
 
 def analyze(path, opts, height, width, count_attention=False):

@@ -78,8 +78,7 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
     from detectron2.modeling import build_model
 
     from iaunet_d2.engine import AtomicCheckpointer, Trainer, build_config
-    from iaunet_d2.utils.analysis import count_flops, count_parameters
-    from iaunet_d2.utils.benchmark import _describe
+    from iaunet_d2.utils.analysis import count_flops, count_parameters, describe_model
 
     base = build_config(path, opts, prepare_data=False)
     dataset = dataset or base.DATASETS.TEST[0]
@@ -112,7 +111,7 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
         results = Trainer.test(cfg, model)
     segm = _segm_results(results, dataset)
 
-    arch, backbone = _describe(cfg)
+    arch, backbone = describe_model(cfg)
     params = count_parameters(model)["total"]
     model_cpu = model.to("cpu") if cfg.MODEL.DEVICE != "cpu" else model
     flops = count_flops(model_cpu, int(flops_size[0]), int(flops_size[1]))[0]

@@ -20,7 +20,8 @@ from collections import Counter, OrderedDict
 import torch
 from torch import nn
 
-__all__ = ["count_parameters", "count_flops", "flatten_outputs", "BatchedInputsWrapper"]
+__all__ = ["count_parameters", "count_flops", "describe_model", "flatten_outputs",
+           "BatchedInputsWrapper"]
 
 
 def count_parameters(model):
@@ -179,3 +180,22 @@ def count_flops(model, height, width, image=None, count_attention=False):
         children_macs += macs
     per_module["(other)"] = 2 * (total_macs - children_macs)
     return 2 * total_macs, per_module, unsupported
+
+
+_SWIN_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
+
+
+def describe_model(cfg):
+    """(architecture, backbone) labels, e.g. ("IAUNet", "R50"), ("PointRend", "Swin-S")."""
+    arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "GeneralizedRCNN":
+        mask_head = cfg.MODEL.ROI_MASK_HEAD.NAME if cfg.MODEL.MASK_ON else ""
+        arch = "PointRend" if "PointRend" in mask_head else "Mask R-CNN"
+    name = cfg.MODEL.BACKBONE.NAME
+    if "swin" in name:
+        timm_name = cfg.MODEL.SWIN.TIMM_NAME
+        size = next((v for k, v in _SWIN_SIZES.items() if k in timm_name), "?")
+        return arch, f"Swin-{size}"
+    if "resnet" in name:
+        return arch, f"R{cfg.MODEL.RESNETS.DEPTH}"
+    return arch, name

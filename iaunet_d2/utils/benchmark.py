@@ -22,6 +22,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
+from .analysis import describe_model
+
 __all__ = [
     "fair_test_opts",
     "measure_ceiling",
@@ -206,23 +208,6 @@ def measure_peak_memory(fn: Callable[[], object], device: str = "cpu") -> Dict[s
 
 
 # ----------------------------------------------------------------------------- models
-def _describe(cfg):
-    """(architecture, backbone) labels, e.g. ("IAUNet", "R50")."""
-    arch = cfg.MODEL.META_ARCHITECTURE
-    if arch == "GeneralizedRCNN":
-        head = cfg.MODEL.ROI_MASK_HEAD.NAME if cfg.MODEL.MASK_ON else ""
-        arch = "PointRend" if "PointRend" in head else "Mask R-CNN"
-    name = cfg.MODEL.BACKBONE.NAME
-    if "swin" in name:
-        timm = cfg.MODEL.SWIN.TIMM_NAME
-        size = next((v for k, v in {"tiny": "T", "small": "S", "base": "B", "large": "L"}.items()
-                     if k in timm), "?")
-        return arch, f"Swin-{size}"
-    if "resnet" in name:
-        return arch, f"R{cfg.MODEL.RESNETS.DEPTH}"
-    return arch, name
-
-
 def load_benchmark_config(config_file: str, opts: Sequence[str] = (), device: str = "cpu",
                           fair: bool = True):
     """Frozen config of ``config_file`` + ``opts`` on ``device``, random init, with the
@@ -255,7 +240,7 @@ def benchmark_model(cfg, height: int, width: int, repeats: int = 5, warmup: int 
     from .analysis import count_flops, count_parameters
 
     device = cfg.MODEL.DEVICE
-    arch, backbone = _describe(cfg)
+    arch, backbone = describe_model(cfg)
     torch.manual_seed(0)
     model = build_model(cfg)
     params = count_parameters(model)["total"]
@@ -334,7 +319,7 @@ def run_benchmark(config_files: Sequence[str], opts: Sequence[str] = (), height:
     for i, path in enumerate(config_files):
         cfg = load_benchmark_config(path, opts, device, fair)
         label = f"{i}:{path}"
-        log(f"[{label}] building {'/'.join(_describe(cfg))}")
+        log(f"[{label}] building {'/'.join(describe_model(cfg))}")
         rows.append(benchmark_model(cfg, height, width, repeats, warmup, skip_train,
                                     train_repeats, train_batch, log=log, label=label))
         rows[-1]["config"] = path
