@@ -128,7 +128,10 @@ def _cell(row, key):
     if isinstance(value, float):
         if math.isnan(value):
             return "nan"
-        return f"{value:.2f}" if key in AP_KEYS or key == "#params (M)" else f"{value:.1f}"
+        if key in AP_KEYS or key == "#params (M)":
+            return f"{value:.2f}"
+        # GFLOPs: one decimal for real models, 3 significant digits for tiny ones.
+        return f"{value:.1f}" if value >= 10 else f"{value:.3g}"
     return str(value)
 
 
