@@ -113,8 +113,14 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
 
     arch, backbone = describe_model(cfg)
     params = count_parameters(model)["total"]
-    model_cpu = model.to("cpu") if cfg.MODEL.DEVICE != "cpu" else model
-    flops = count_flops(model_cpu, int(flops_size[0]), int(flops_size[1]))[0]
+    # FLOPs of the architecture, counted on a fresh CPU copy: tracing the model that was
+    # just trained and evaluated (inference-mode state, device) is avoided.
+    cpu_cfg = cfg.clone()
+    cpu_cfg.defrost()
+    cpu_cfg.MODEL.DEVICE = "cpu"
+    fresh = build_model(cpu_cfg)
+    fresh.load_state_dict(model.state_dict())
+    flops = count_flops(fresh, int(flops_size[0]), int(flops_size[1]))[0]
     row = {"model": arch, "backbone": backbone, "config": path, "dataset": dataset,
            "#params (M)": params / 1e6, "GFLOPs": flops / 1e9}
     for key in AP_KEYS:
