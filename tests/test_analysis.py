@@ -8,7 +8,14 @@ import torch.nn.functional as F
 from torch import nn
 
 import iaunet_d2  # noqa: F401  (registers the models)
-from iaunet_d2.utils.analysis import count_flops, count_parameters, flatten_outputs
+from iaunet_d2.utils.analysis import (
+    PAPER_UNCOUNTED_MODULES,
+    count_flops,
+    count_parameters,
+    flatten_outputs,
+    full_rcnn_workload,
+    paper_convention_flops,
+)
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -138,6 +145,99 @@ def test_cli_csv(capsys):
     res = _run_cli(capsys, "--config-file", cfg, "--input-size", "64", "64", "--format", "csv",
                    "MODEL.IAUNET.NUM_QUERIES", "10")
     lines = res.out.strip().splitlines()
-    assert lines[0] == "config,model,params (M),GFLOPs,paper params (M),paper GFLOPs"
+    assert lines[0] == ("config,model,params (M),GFLOPs,GFLOPs paper conv.,paper params (M),"
+                        "paper GFLOPs,params vs paper,GFLOPs vs paper")
     assert len(lines) == 2
     assert "not counted" in res.err
+
+
+# ResNet-18 FPN R-CNNs with 30 proposals and 4 detections: cheap at 64x64.
+_SMALL_RCNN = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18",
+               "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "MODEL.RPN.POST_NMS_TOPK_TEST", "30",
+               "TEST.DETECTIONS_PER_IMAGE", "4"]
+
+
+def _small_rcnn(name, opts=()):
+    from detectron2.modeling import build_model
+    from iaunet_d2.engine.defaults import build_config
+
+    cfg = build_config(os.path.join(_ROOT, "configs", "demo", name), _SMALL_RCNN + list(opts),
+                       prepare_data=False)
+    torch.manual_seed(0)
+    return cfg, build_model(cfg).eval()
+
+
+def test_full_rcnn_workload_fixes_the_box_counts():
+    _, model = _small_rcnn("mask_rcnn_R50.yaml")
+    # Regressions that push every box out of the image: nothing survives normally.
+    with torch.no_grad():
+        model.proposal_generator.rpn_head.anchor_deltas.bias.fill_(50.0)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    image = torch.rand(3, 64, 64) * 255
+    inputs = [{"image": image, "height": 64, "width": 64}]
+    with torch.no_grad():
+        assert len(model(inputs)[0]["instances"]) == 0
+        with full_rcnn_workload(model) as switched:
+            assert switched
+            images = model.preprocess_image(inputs)
+            proposals, _ = model.proposal_generator(images, model.backbone(images.tensor))
+            assert len(proposals[0]) == 30  # POST_NMS_TOPK_TEST
+            assert len(model(inputs)[0]["instances"]) == 4  # TEST.DETECTIONS_PER_IMAGE
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert model.proposal_generator.nms_thresh == 0.7
+    assert model.roi_heads.box_predictor.test_score_thresh == 0.05
+    assert model.roi_heads.box_predictor.test_nms_thresh == 0.5
+
+    class NotRCNN(nn.Module):
+        pass
+
+    with full_rcnn_workload(NotRCNN()) as switched:
+        assert not switched
+
+
+def test_rcnn_head_flops_scale_with_the_fixed_counts():
+    per_head = {}
+    for detections in (2, 4):
+        _, model = _small_rcnn("mask_rcnn_R50.yaml", ["TEST.DETECTIONS_PER_IMAGE", str(detections)])
+        _, per_module, _ = count_flops(
+            model, 64, 64, submodules=("roi_heads.box_head", "roi_heads.mask_head"))
+        per_head[detections] = per_module
+    # Box head: two FC layers (256*7*7 -> 1024 -> 1024) on each of the 30 proposals.
+    assert per_head[4]["roi_heads.box_head"] == 2 * 30 * (256 * 7 * 7 * 1024 + 1024 * 1024)
+    assert per_head[2]["roi_heads.box_head"] == per_head[4]["roi_heads.box_head"]
+    # Mask head: the same work for every detection.
+    assert per_head[4]["roi_heads.mask_head"] == 2 * per_head[2]["roi_heads.mask_head"] > 0
+
+
+def test_paper_convention_flops():
+    per_module = {"roi_heads.mask_head.point_head": 40}
+    assert paper_convention_flops("IAUNet", 300, {}) == 300.0
+    assert paper_convention_flops("GeneralizedRCNN", 100, {n: 0 for n in PAPER_UNCOUNTED_MODULES}) == 50.0
+    assert paper_convention_flops("GeneralizedRCNN", 140, per_module) == 50.0
+    with pytest.raises(ValueError, match="PAPER_UNCOUNTED_MODULES"):
+        paper_convention_flops("GeneralizedRCNN", 140, {})
+
+
+def test_pointrend_point_head_counted_separately():
+    _, model = _small_rcnn("pointrend_R50.yaml")
+    total, per_module, _ = count_flops(model, 64, 64, submodules=PAPER_UNCOUNTED_MODULES)
+    point_head = per_module["roi_heads.mask_head.point_head"]
+    assert 0 < point_head < per_module["roi_heads"]
+    assert paper_convention_flops("GeneralizedRCNN", total, per_module) == (total - point_head) / 2
+
+
+@pytest.mark.parametrize("name,paper_gflops", [("mask_rcnn_R50.yaml", 115.0),
+                                               ("pointrend_R50.yaml", 66.3)])
+def test_rcnn_flops_reproduce_the_paper(name, paper_gflops):
+    """The paper's Table 1-2 R-CNN FLOPs at 512x512 (about 5 s each on 2 cores)."""
+    from detectron2.modeling import build_model
+    from iaunet_d2.engine.defaults import build_config
+
+    cfg = build_config(os.path.join(_ROOT, "configs", "revvity25", name),
+                       ["MODEL.DEVICE", "cpu"], prepare_data=False)
+    torch.manual_seed(0)
+    model = build_model(cfg)
+    total, per_module, _ = count_flops(model, 512, 512, submodules=PAPER_UNCOUNTED_MODULES)
+    gflops = paper_convention_flops(cfg.MODEL.META_ARCHITECTURE, total, per_module) / 1e9
+    assert abs(gflops - paper_gflops) / paper_gflops < 0.05, gflops

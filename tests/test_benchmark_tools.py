@@ -70,6 +70,7 @@ def test_benchmark_table_on_tiny_models(tmp_path):
     rows = result["rows"]
     assert [r["arch"] for r in rows] == ["Mask R-CNN", "IAUNet"]
     assert rows[0]["latency_ratio"] == 1.0 and rows[0]["train_ratio"] == 1.0
+    assert rows[0]["detections"] == 10  # full R-CNN load: TEST.DETECTIONS_PER_IMAGE
     for r in rows:
         assert r["latency"]["median"] > 0 and r["latency"]["min"] <= r["latency"]["max"]
         assert r["images_per_s"] > 0 and r["flops"] > 0 and r["params"] > 0
@@ -107,12 +108,15 @@ def test_compare_writes_table_csv_and_chart(tmp_path):
         assert os.path.getsize(prefix + ext) > 0
     with open(prefix + ".csv") as f:
         rows = list(csv.DictReader(f))
-    assert list(rows[0])[:10] == tool.COLUMNS
+    assert list(rows[0])[:len(tool.COLUMNS)] == tool.COLUMNS
     assert [r["model"] for r in rows] == ["Mask R-CNN", "IAUNet"]
     assert {r["backbone"] for r in rows} == {"R18"}
     assert all(r["dataset"] == "cells_demo_val" for r in rows)
     for r in rows:
         assert 0.0 <= float(r["AP"]) <= 100.0 and float(r["GFLOPs"]) > 0
+        # Paper convention: fvcore multiply-adds for R-CNNs, 2 x them for IAUNet.
+        ratio = float(r["GFLOPs"]) / float(r["GFLOPs paper conv."])
+        assert ratio == pytest.approx(2.0 if r["model"] == "Mask R-CNN" else 1.0, rel=0.02)
         assert float(r["#params (M)"]) > 1
     assert open(prefix + ".png", "rb").read(4) == b"\x89PNG"
     # Each config trained in its own folder.

@@ -8,11 +8,16 @@
         --input-size 64 64 MODEL.IAUNET.NUM_QUERIES 20
 
 Each model is built on CPU with random weights (MODEL.WEIGHTS is not loaded) and run in
-eval mode on one random 1x3xHxW image. FLOPs are 2 x the multiply-adds counted by fvcore
-(the convention of the IAUNet paper's tables); elementwise ops and, unless
---count-attention, fused attention are not counted: they are listed with their call counts.
-R-CNN ROI heads run only on the proposals and detections that a randomly initialised
-model keeps (few), so their FLOPs here are a lower bound of a trained model's.
+eval mode on one random 1x3xHxW image. "GFLOPs" are 2 x the multiply-adds counted by
+fvcore for every model; elementwise ops and, unless --count-attention, fused attention
+are not counted: they are listed with their call counts. R-CNN models are counted at
+full load: all post-NMS proposals (MODEL.RPN.POST_NMS_TOPK_TEST) through the box head
+and TEST.DETECTIONS_PER_IMAGE detections through the mask head.
+
+"paper conv." is the count in the convention of the IAUNet paper's tables, which differs
+for R-CNN models: there, FLOPs are fvcore's multiply-adds (not twice them) and PointRend's
+point head is left out (see iaunet_d2.utils.analysis.paper_convention_flops). The last
+columns compare it and the parameter count with the paper's Tables 1-2.
 Trailing ``KEY VALUE`` pairs override every config.
 """
 import os
@@ -31,7 +36,13 @@ import torch  # noqa: E402
 
 import iaunet_d2  # noqa: E402,F401  (registers the project's models)
 import iaunet_d2.modeling.backbone  # noqa: E402,F401  (registers build_swin_backbone)
-from iaunet_d2.utils.analysis import count_flops, count_parameters, describe_model  # noqa: E402
+from iaunet_d2.utils.analysis import (  # noqa: E402
+    PAPER_UNCOUNTED_MODULES,
+    count_flops,
+    count_parameters,
+    describe_model,
+    paper_convention_flops,
+)
 
 # Paper Tables 1-2: (#params in M, GFLOPs at 512x512).
 PAPER_TARGETS = {
@@ -90,8 +101,12 @@ def analyze(path, opts, height, width, count_attention=False):
     model = build_model(cfg).eval()
     params = count_parameters(model)
     flops, per_module_flops, unsupported = count_flops(
-        model, height, width, count_attention=count_attention
+        model, height, width, count_attention=count_attention,
+        submodules=PAPER_UNCOUNTED_MODULES,
     )
+    for name in PAPER_UNCOUNTED_MODULES:  # keep only the parts this model has
+        if not per_module_flops[name]:
+            del per_module_flops[name]
     arch, backbone = describe_model(cfg)
     return {
         "config": path,
@@ -99,6 +114,9 @@ def analyze(path, opts, height, width, count_attention=False):
         "paper": PAPER_TARGETS.get((arch, backbone)),
         "params": params,
         "flops": flops,
+        "paper_convention_flops": paper_convention_flops(
+            cfg.MODEL.META_ARCHITECTURE, flops,
+            {**{n: 0 for n in PAPER_UNCOUNTED_MODULES}, **per_module_flops}),
         "per_module_flops": per_module_flops,
         "unsupported": unsupported,
         "seconds": time.perf_counter() - start,
@@ -107,6 +125,11 @@ def analyze(path, opts, height, width, count_attention=False):
 
 def _fmt(value, digits):
     return "-" if value is None else f"{value:.{digits}f}"
+
+
+def _deviation(value, target):
+    """Signed relative deviation from the paper, as a percentage string."""
+    return "-" if target is None else f"{100.0 * (value - target) / target:+.1f}%"
 
 
 def render(rows, header, fmt):
@@ -129,14 +152,21 @@ def main(argv=None):
     results = [analyze(path, args.opts, height, width, args.count_attention)
                for path in args.config_file]
 
-    header = ["config", "model", "params (M)", "GFLOPs", "paper params (M)", "paper GFLOPs"]
+    header = ["config", "model", "params (M)", "GFLOPs", "GFLOPs paper conv.",
+              "paper params (M)", "paper GFLOPs", "params vs paper", "GFLOPs vs paper"]
     rows = []
     for r in results:
         paper = r["paper"] or (None, None)
-        rows.append([r["config"], r["model"], _fmt(r["params"]["total"] / 1e6, 2),
-                     _fmt(r["flops"] / 1e9, 1), _fmt(paper[0], 0), _fmt(paper[1], 1)])
+        params_m = r["params"]["total"] / 1e6
+        paper_conv = r["paper_convention_flops"] / 1e9
+        rows.append([r["config"], r["model"], _fmt(params_m, 2), _fmt(r["flops"] / 1e9, 1),
+                     _fmt(paper_conv, 1), _fmt(paper[0], 0), _fmt(paper[1], 1),
+                     _deviation(params_m, paper[0]), _deviation(paper_conv, paper[1])])
     counted = " (fused attention included)" if args.count_attention else ""
-    out = [f"Input 1x3x{height}x{width}, FLOPs = 2 x fvcore multiply-adds{counted}.", "",
+    out = [f"Input 1x3x{height}x{width}. GFLOPs = 2 x fvcore multiply-adds{counted}, R-CNNs "
+           "at full load (all proposals, TEST.DETECTIONS_PER_IMAGE detections). GFLOPs paper "
+           "conv. = the paper's convention: the same for IAUNet; fvcore multiply-adds "
+           "without PointRend's point head for R-CNNs.", "",
            render(rows, header, args.format)]
 
     if args.per_module:

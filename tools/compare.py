@@ -11,9 +11,11 @@
 
 Every row comes from Detectron2's COCO evaluator (``Trainer.test`` -> results["segm"])
 on --dataset (default: each config's DATASETS.TEST[0]); #params and GFLOPs come from
-``iaunet_d2.utils.analysis`` on the evaluated model (FLOPs = 2 x fvcore multiply-adds on
-one random --flops-size image; R-CNN FLOPs depend on how many detections the model
-keeps). Writes OUTPUT.md, OUTPUT.csv and OUTPUT.png (AP, AP50, AP75 bars grouped by
+``iaunet_d2.utils.analysis`` on the evaluated model: "GFLOPs" = 2 x fvcore multiply-adds
+on one random --flops-size image, R-CNNs at full load (all post-NMS proposals,
+TEST.DETECTIONS_PER_IMAGE detections); "GFLOPs paper conv." = the IAUNet paper's
+convention (the same for IAUNet, fvcore multiply-adds without PointRend's point head
+for R-CNNs), comparable with the paper's tables. Writes OUTPUT.md, OUTPUT.csv and OUTPUT.png (AP, AP50, AP75 bars grouped by
 backbone, like the IAUNet paper's Table 2). Trailing KEY VALUE pairs override every
 config.
 """
@@ -32,7 +34,8 @@ import math  # noqa: E402
 import iaunet_d2  # noqa: E402,F401  (registers the project's models)
 import iaunet_d2.modeling.backbone  # noqa: E402,F401  (registers build_swin_backbone)
 
-COLUMNS = ["model", "backbone", "AP", "AP50", "AP75", "APs", "APm", "APl", "#params (M)", "GFLOPs"]
+COLUMNS = ["model", "backbone", "AP", "AP50", "AP75", "APs", "APm", "APl", "#params (M)", "GFLOPs",
+           "GFLOPs paper conv."]
 AP_KEYS = ["AP", "AP50", "AP75", "APs", "APm", "APl"]
 
 
@@ -78,7 +81,13 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
     from detectron2.modeling import build_model
 
     from iaunet_d2.engine import AtomicCheckpointer, Trainer, build_config
-    from iaunet_d2.utils.analysis import count_flops, count_parameters, describe_model
+    from iaunet_d2.utils.analysis import (
+        PAPER_UNCOUNTED_MODULES,
+        count_flops,
+        count_parameters,
+        describe_model,
+        paper_convention_flops,
+    )
 
     base = build_config(path, opts, prepare_data=False)
     dataset = dataset or base.DATASETS.TEST[0]
@@ -120,9 +129,12 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
     cpu_cfg.MODEL.DEVICE = "cpu"
     fresh = build_model(cpu_cfg)
     fresh.load_state_dict(model.state_dict())
-    flops = count_flops(fresh, int(flops_size[0]), int(flops_size[1]))[0]
+    flops, per_module, _ = count_flops(fresh, int(flops_size[0]), int(flops_size[1]),
+                                       submodules=PAPER_UNCOUNTED_MODULES)
+    paper_flops = paper_convention_flops(cfg.MODEL.META_ARCHITECTURE, flops, per_module)
     row = {"model": arch, "backbone": backbone, "config": path, "dataset": dataset,
-           "#params (M)": params / 1e6, "GFLOPs": flops / 1e9}
+           "#params (M)": params / 1e6, "GFLOPs": flops / 1e9,
+           "GFLOPs paper conv.": paper_flops / 1e9}
     for key in AP_KEYS:
         row[key] = float(segm.get(key, float("nan")))
     log(f"[{path}] segm AP {row['AP']:.2f}, AP50 {row['AP50']:.2f}")

@@ -12,8 +12,18 @@ attention). The paper's numbers match this plain count: IAUNet-R50 at 512x512 gi
 293.2 GFLOPs here against the paper's 292.6. ``count_attention=True`` adds both as their
 two matrix products (attention scores and weighted sum), about +13.4 GFLOPs for R50.
 
+R-CNN models are counted at full load (``full_rcnn_workload``): every one of the RPN's
+post-NMS proposals (1000) goes through the box head and TEST.DETECTIONS_PER_IMAGE
+detections (100) through the mask head, as for a trained model on a crowded image. A
+randomly initialised R-CNN otherwise keeps a random number of boxes and its count is
+not reproducible.
+
+The paper's R-CNN rows follow another convention than its IAUNet rows (see
+``paper_convention_flops``).
+
 ``detectron2.utils.analysis`` cannot be used: in v0.6 it imports caffe2.
 """
+import contextlib
 import math
 from collections import Counter, OrderedDict
 
@@ -21,7 +31,8 @@ import torch
 from torch import nn
 
 __all__ = ["count_parameters", "count_flops", "describe_model", "flatten_outputs",
-           "BatchedInputsWrapper"]
+           "BatchedInputsWrapper", "full_rcnn_workload", "paper_convention_flops",
+           "PAPER_UNCOUNTED_MODULES"]
 
 
 def count_parameters(model):
@@ -122,7 +133,88 @@ _EXTRA_HANDLES = {
 }
 
 
-def count_flops(model, height, width, image=None, count_attention=False):
+@contextlib.contextmanager
+def full_rcnn_workload(model):
+    """Within the block, an R-CNN does the most test-time work its config allows.
+
+    The RPN keeps all of its ``post_nms_topk`` proposals (NMS off) and the box predictor
+    returns exactly ``test_topk_per_image`` detections (no score threshold, NMS off),
+    so the ROI heads' cost no longer depends on the weights. The box regressions of the
+    RPN and the box predictor are zeroed as well (proposals = anchors, detections =
+    proposals): box positions do not change the cost (ROIAlign pools a fixed grid), but
+    a random model's regressions can move every box out of the image, which leaves
+    nothing for the heads to do. Models without an RPN and a ``FastRCNNOutputLayers``-
+    style box predictor (IAUNet, cascades) are left untouched. Settings and weights are
+    restored on exit.
+
+    Yields:
+        bool: whether the model was switched.
+    """
+    rpn = getattr(model, "proposal_generator", None)
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    names = ("test_score_thresh", "test_nms_thresh")
+    if rpn is None or not hasattr(rpn, "nms_thresh") or not all(
+        hasattr(predictor, n) for n in names
+    ):
+        yield False
+        return
+    saved = (rpn.nms_thresh, predictor.test_score_thresh, predictor.test_nms_thresh)
+    regressors = [m for m in (getattr(getattr(rpn, "rpn_head", None), "anchor_deltas", None),
+                              getattr(predictor, "bbox_pred", None)) if m is not None]
+    saved_weights = [(p, p.detach().clone()) for m in regressors for p in m.parameters()]
+    # NMS drops boxes whose IoU exceeds the threshold; IoU never exceeds 1.
+    rpn.nms_thresh = 1.0
+    predictor.test_score_thresh = -1.0
+    predictor.test_nms_thresh = 1.0
+    try:
+        with torch.no_grad():
+            for p, _ in saved_weights:
+                p.zero_()
+        yield True
+    finally:
+        rpn.nms_thresh, predictor.test_score_thresh, predictor.test_nms_thresh = saved
+        with torch.no_grad():
+            for p, value in saved_weights:
+                p.copy_(value)
+
+
+# Parts of a model that the paper's tables leave out of their FLOPs (dotted names
+# relative to the model): PointRend's point head. Each PointRend row there equals the
+# Mask R-CNN row of the same backbone minus the standard mask head plus PointRend's
+# coarse head (115 - 66.3, 134 - 85.7, 141 - 92.9, 179 - 131 = 48.0-48.7 G; here
+# mask head - coarse head = 48.7 G).
+PAPER_UNCOUNTED_MODULES = ("roi_heads.mask_head.point_head",)
+
+
+def paper_convention_flops(meta_architecture, total_flops, per_module):
+    """FLOPs as the IAUNet paper's Tables 1-2 count them.
+
+    The paper's IAUNet rows are 2 x fvcore multiply-adds (what ``count_flops``
+    returns). Its Mask R-CNN and PointRend rows are fvcore's multiply-adds themselves
+    (what Detectron2's own analysis tool prints as "flops"): the R101 - R50 difference
+    there is 19 G, the multiply-adds of ResNet-101's extra blocks at 512x512, not twice
+    that, and Mask R-CNN R50 is 115 G against 113.4 G multiply-adds at full load here.
+    The PointRend rows also leave out the point head (``PAPER_UNCOUNTED_MODULES``).
+
+    Args:
+        meta_architecture: ``cfg.MODEL.META_ARCHITECTURE``.
+        total_flops: ``count_flops(...)[0]`` (2 x multiply-adds).
+        per_module: ``count_flops(..., submodules=PAPER_UNCOUNTED_MODULES)[1]``.
+    Returns:
+        float: FLOPs in the paper's convention for that architecture.
+    """
+    if meta_architecture != "GeneralizedRCNN":
+        return float(total_flops)
+    missing = [n for n in PAPER_UNCOUNTED_MODULES if n not in per_module]
+    if missing:
+        raise ValueError(f"per_module lacks {missing}: count with "
+                         "submodules=PAPER_UNCOUNTED_MODULES")
+    uncounted = sum(per_module[n] for n in PAPER_UNCOUNTED_MODULES)
+    return (total_flops - uncounted) / 2.0
+
+
+def count_flops(model, height, width, image=None, count_attention=False, full_load=True,
+                submodules=()):
     """FLOPs (2 x multiply-adds) of one eval-mode forward of a Detectron2 model.
 
     Args:
@@ -133,12 +225,17 @@ def count_flops(model, height, width, image=None, count_attention=False):
         image: optional (3, height, width) tensor to use instead.
         count_attention: also count fused attention (``scaled_dot_product_attention``)
             and ``baddbmm``, which fvcore skips; off by default as in the paper.
+        full_load: count R-CNN models under ``full_rcnn_workload`` (default); other
+            models are unaffected.
+        submodules: dotted module names (relative to ``model``) whose FLOPs are also
+            reported in ``per_module`` (0 when the model has no such module).
     Returns:
         (total_flops, per_module, unsupported_ops):
         total_flops (int) for the whole model; per_module (OrderedDict) name -> FLOPs
         for every ``named_children()`` of the model plus ``"(other)"`` for ops run by the
-        model's own forward (pre/post-processing); unsupported_ops (Counter) op name ->
-        number of calls that were not counted.
+        model's own forward (pre/post-processing), then one entry per ``submodules``
+        name; unsupported_ops (Counter) op name -> number of calls that were not
+        counted.
     """
     from fvcore.nn import FlopCountAnalysis
 
@@ -149,7 +246,8 @@ def count_flops(model, height, width, image=None, count_attention=False):
         generator = torch.Generator().manual_seed(0)
         image = (torch.rand(3, height, width, generator=generator) * 255.0).to(device)
     wrapper = BatchedInputsWrapper(model).eval()
-    with torch.no_grad():
+    workload = full_rcnn_workload(model) if full_load else contextlib.nullcontext()
+    with torch.no_grad(), workload:
         analysis = FlopCountAnalysis(wrapper, (image,))
         if count_attention:
             analysis.set_op_handle(**_EXTRA_HANDLES)
@@ -179,6 +277,8 @@ def count_flops(model, height, width, image=None, count_attention=False):
         per_module[name] = 2 * macs
         children_macs += macs
     per_module["(other)"] = 2 * (total_macs - children_macs)
+    for name in submodules:
+        per_module[name] = 2 * by_module.get(f"model.{name}", 0)
     return 2 * total_macs, per_module, unsupported
 
 

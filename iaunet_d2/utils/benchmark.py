@@ -7,12 +7,15 @@ measured in the same process just before the models. This keeps the tables compa
 on shared machines whose absolute speed changes with the load.
 
 Fairness of random-initialised models: R-CNN inference cost grows with the number of
-proposals that survive the box head, and a random model keeps few of them. Unless told
-otherwise, ``fair_test_opts`` sets ``MODEL.ROI_HEADS.SCORE_THRESH_TEST 0.0`` for R-CNN
-models (every post-NMS box goes through the mask head, up to TEST.DETECTIONS_PER_IMAGE)
-and ``MODEL.IAUNET.TEST.SCORE_THRESH 0.0`` for IAUNet (every query's mask is upsampled
-and enters mask NMS).
+proposals and detections that survive NMS and the score threshold, and a random model
+keeps a random number of them. Unless told otherwise (``fair=False``), R-CNN models are
+timed and counted under ``analysis.full_rcnn_workload`` (all post-NMS proposals through
+the box head, TEST.DETECTIONS_PER_IMAGE detections through the mask head, as for a
+trained model on a crowded image), and ``fair_test_opts`` sets
+``MODEL.IAUNET.TEST.SCORE_THRESH 0.0`` for IAUNet (every query's mask is upsampled and
+enters mask NMS).
 """
+import contextlib
 import logging
 import math
 import re
@@ -78,9 +81,7 @@ def fair_test_opts(cfg) -> List[str]:
     (see the module docstring)."""
     if cfg.MODEL.META_ARCHITECTURE == "IAUNet":
         return ["MODEL.IAUNET.TEST.SCORE_THRESH", "0.0"]
-    if cfg.MODEL.META_ARCHITECTURE == "GeneralizedRCNN":
-        return ["MODEL.ROI_HEADS.SCORE_THRESH_TEST", "0.0"]
-    return []
+    return []  # R-CNNs: full_rcnn_workload at run time
 
 
 # ----------------------------------------------------------------------------- ceiling
@@ -226,18 +227,19 @@ def load_benchmark_config(config_file: str, opts: Sequence[str] = (), device: st
 def benchmark_model(cfg, height: int, width: int, repeats: int = 5, warmup: int = 1,
                     skip_train: bool = False, train_repeats: int = 3, train_batch: int = 2,
                     flops: Optional[float] = None, log: Callable[[str], None] = print,
-                    label: str = "") -> Dict[str, object]:
+                    label: str = "", full_load: bool = True) -> Dict[str, object]:
     """Measure one model: parameters, FLOPs, inference latency, memory, training step.
 
     Inference runs the eval-mode model on one (3, H, W) image under
     ``torch.inference_mode`` (the way an evaluator or predictor calls it). The training
     step is forward + backward + optimizer step (the project's optimizer from the
-    config) on ``synthetic_train_batch``.
+    config) on ``synthetic_train_batch``. With ``full_load``, R-CNN inference is timed
+    and counted under ``full_rcnn_workload`` (no effect on other models).
     """
     from detectron2.modeling import build_model
 
     from ..solver import build_optimizer
-    from .analysis import count_flops, count_parameters
+    from .analysis import count_flops, count_parameters, full_rcnn_workload
 
     device = cfg.MODEL.DEVICE
     arch, backbone = describe_model(cfg)
@@ -246,13 +248,14 @@ def benchmark_model(cfg, height: int, width: int, repeats: int = 5, warmup: int 
     params = count_parameters(model)["total"]
     if flops is None:
         log(f"[{label}] counting FLOPs at {height}x{width}")
-        flops = float(count_flops(model, height, width)[0])
+        flops = float(count_flops(model, height, width, full_load=full_load)[0])
     model.eval()
     image = synthetic_image(height, width).to(device)
     inputs = [{"image": image, "height": height, "width": width}]
+    workload = full_rcnn_workload if full_load else (lambda m: contextlib.nullcontext(False))
 
     def infer():
-        with torch.inference_mode():
+        with torch.inference_mode(), workload(model):
             return model(inputs)
 
     log(f"[{label}] inference: {warmup} warm-up + {repeats} timed runs")
@@ -321,7 +324,8 @@ def run_benchmark(config_files: Sequence[str], opts: Sequence[str] = (), height:
         label = f"{i}:{path}"
         log(f"[{label}] building {'/'.join(describe_model(cfg))}")
         rows.append(benchmark_model(cfg, height, width, repeats, warmup, skip_train,
-                                    train_repeats, train_batch, log=log, label=label))
+                                    train_repeats, train_batch, log=log, label=label,
+                                    full_load=fair))
         rows[-1]["config"] = path
     after = measure_ceiling(device, **ceiling_kwargs)
     log(f"machine ceiling again: matmul {after['matmul_gflops']:.1f}, conv {after['conv_gflops']:.1f}")
