@@ -13,7 +13,7 @@ from iaunet_d2.utils.analysis import (
     count_flops,
     count_parameters,
     flatten_outputs,
-    full_rcnn_workload,
+    full_test_workload,
     paper_convention_flops,
 )
 
@@ -167,7 +167,7 @@ def _small_rcnn(name, opts=()):
     return cfg, build_model(cfg).eval()
 
 
-def test_full_rcnn_workload_fixes_the_box_counts():
+def test_full_test_workload_fixes_the_box_counts():
     _, model = _small_rcnn("mask_rcnn_R50.yaml")
     # Regressions that push every box out of the image: nothing survives normally.
     with torch.no_grad():
@@ -177,7 +177,7 @@ def test_full_rcnn_workload_fixes_the_box_counts():
     inputs = [{"image": image, "height": 64, "width": 64}]
     with torch.no_grad():
         assert len(model(inputs)[0]["instances"]) == 0
-        with full_rcnn_workload(model) as switched:
+        with full_test_workload(model) as switched:
             assert switched
             images = model.preprocess_image(inputs)
             proposals, _ = model.proposal_generator(images, model.backbone(images.tensor))
@@ -192,7 +192,7 @@ def test_full_rcnn_workload_fixes_the_box_counts():
     class NotRCNN(nn.Module):
         pass
 
-    with full_rcnn_workload(NotRCNN()) as switched:
+    with full_test_workload(NotRCNN()) as switched:
         assert not switched
 
 
@@ -241,3 +241,20 @@ def test_rcnn_flops_reproduce_the_paper(name, paper_gflops):
     total, per_module, _ = count_flops(model, 512, 512, submodules=PAPER_UNCOUNTED_MODULES)
     gflops = paper_convention_flops(cfg.MODEL.META_ARCHITECTURE, total, per_module) / 1e9
     assert abs(gflops - paper_gflops) / paper_gflops < 0.05, gflops
+
+
+def test_full_test_workload_iaunet_keeps_max_detections():
+    from detectron2.modeling import build_model
+    from iaunet_d2.engine.defaults import build_config
+
+    cfg = build_config(os.path.join(_ROOT, "configs", "demo", "iaunet_R18_small.yaml"),
+                       ["MODEL.DEVICE", "cpu", "MODEL.IAUNET.NUM_QUERIES", "12",
+                        "TEST.DETECTIONS_PER_IMAGE", "9"], prepare_data=False)
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()
+    inputs = [{"image": torch.rand(3, 64, 64) * 255, "height": 64, "width": 64}]
+    with torch.no_grad(), full_test_workload(model) as switched:
+        assert switched
+        assert len(model(inputs)[0]["instances"]) == 9
+    assert (model.score_thresh, model.nms_iou) == (cfg.MODEL.IAUNET.TEST.SCORE_THRESH,
+                                                   cfg.MODEL.IAUNET.TEST.NMS_IOU)

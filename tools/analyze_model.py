@@ -10,9 +10,11 @@
 Each model is built on CPU with random weights (MODEL.WEIGHTS is not loaded) and run in
 eval mode on one random 1x3xHxW image. "GFLOPs" are 2 x the multiply-adds counted by
 fvcore for every model; elementwise ops and, unless --count-attention, fused attention
-are not counted: they are listed with their call counts. R-CNN models are counted at
-full load: all post-NMS proposals (MODEL.RPN.POST_NMS_TOPK_TEST) through the box head
-and TEST.DETECTIONS_PER_IMAGE detections through the mask head.
+are not counted: they are listed with their call counts. Models are counted at full
+test-time load (iaunet_d2.utils.analysis.full_test_workload): an R-CNN sends all
+post-NMS proposals (MODEL.RPN.POST_NMS_TOPK_TEST) through the box head and
+TEST.DETECTIONS_PER_IMAGE detections through the mask head; IAUNet post-processes
+TEST.DETECTIONS_PER_IMAGE masks.
 
 "paper conv." is the count in the convention of the IAUNet paper's tables, which differs
 for R-CNN models: there, FLOPs are fvcore's multiply-adds (not twice them) and PointRend's

@@ -11,11 +11,11 @@ measures the machine's own ceiling (a 2048^3 fp32 matmul and a 3x3 conv, 256 cha
 same input size / median latency) as a fraction of the conv ceiling.
 
 Models are random-initialised (MODEL.WEIGHTS is ignored). So that random models do
-their full test-time work, R-CNN models run at full load (all MODEL.RPN.POST_NMS_TOPK_TEST
+their full test-time work, they run at full load (R-CNN: all MODEL.RPN.POST_NMS_TOPK_TEST
 proposals through the box head, TEST.DETECTIONS_PER_IMAGE detections through the mask
-head; see iaunet_d2.utils.analysis.full_rcnn_workload) and IAUNet gets
-MODEL.IAUNET.TEST.SCORE_THRESH 0.0 (--no-fair turns both off; explicit KEY VALUE
-overrides win). Inference runs one image under torch.inference_mode; the training step
+head; IAUNet: TEST.DETECTIONS_PER_IMAGE masks post-processed; see
+iaunet_d2.utils.analysis.full_test_workload); --no-fair keeps the configs' thresholds
+and NMS. Inference runs one image under torch.inference_mode; the training step
 is forward + backward + optimizer step on a synthetic batch of random discs.
 Peak memory: CUDA max_memory_allocated growth, or on CPU the peak RSS growth of this
 process during one inference (VmHWM after resetting it through /proc/self/clear_refs).
@@ -53,7 +53,7 @@ def get_parser():
     parser.add_argument("--train-repeats", type=int, default=3, help="timed training steps")
     parser.add_argument("--train-batch", type=int, default=2, help="images per training step")
     parser.add_argument("--no-fair", action="store_true",
-                        help="keep the configs' test thresholds and NMS (R-CNN cost then "
+                        help="keep the configs' test thresholds and NMS (the cost then "
                              "depends on the random weights)")
     parser.add_argument("--output", default="",
                         help="write OUTPUT.json and OUTPUT.md (a path without extension)")

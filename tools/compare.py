@@ -15,9 +15,9 @@ on --dataset (default: each config's DATASETS.TEST[0]); #params and GFLOPs come 
 on one random --flops-size image, R-CNNs at full load (all post-NMS proposals,
 TEST.DETECTIONS_PER_IMAGE detections); "GFLOPs paper conv." = the IAUNet paper's
 convention (the same for IAUNet, fvcore multiply-adds without PointRend's point head
-for R-CNNs), comparable with the paper's tables. Writes OUTPUT.md, OUTPUT.csv and OUTPUT.png (AP, AP50, AP75 bars grouped by
-backbone, like the IAUNet paper's Table 2). Trailing KEY VALUE pairs override every
-config.
+for R-CNNs), comparable with the paper's tables. Writes OUTPUT.md, OUTPUT.csv and
+OUTPUT.png (AP, AP50, AP75 bars grouped by backbone, like the IAUNet paper's Table 2).
+Trailing KEY VALUE pairs override every config.
 """
 import os
 import sys

@@ -12,11 +12,12 @@ attention). The paper's numbers match this plain count: IAUNet-R50 at 512x512 gi
 293.2 GFLOPs here against the paper's 292.6. ``count_attention=True`` adds both as their
 two matrix products (attention scores and weighted sum), about +13.4 GFLOPs for R50.
 
-R-CNN models are counted at full load (``full_rcnn_workload``): every one of the RPN's
-post-NMS proposals (1000) goes through the box head and TEST.DETECTIONS_PER_IMAGE
-detections (100) through the mask head, as for a trained model on a crowded image. A
-randomly initialised R-CNN otherwise keeps a random number of boxes and its count is
-not reproducible.
+Models are counted at full test-time load (``full_test_workload``): an R-CNN sends every
+one of the RPN's post-NMS proposals (1000) through the box head and
+TEST.DETECTIONS_PER_IMAGE detections (100) through the mask head, IAUNet post-processes
+TEST.DETECTIONS_PER_IMAGE masks, as for a trained model on a crowded image. A randomly
+initialised model otherwise keeps a random number of them and its count is not
+reproducible.
 
 The paper's R-CNN rows follow another convention than its IAUNet rows (see
 ``paper_convention_flops``).
@@ -31,7 +32,7 @@ import torch
 from torch import nn
 
 __all__ = ["count_parameters", "count_flops", "describe_model", "flatten_outputs",
-           "BatchedInputsWrapper", "full_rcnn_workload", "paper_convention_flops",
+           "BatchedInputsWrapper", "full_test_workload", "paper_convention_flops",
            "PAPER_UNCOUNTED_MODULES"]
 
 
@@ -133,46 +134,58 @@ _EXTRA_HANDLES = {
 }
 
 
-@contextlib.contextmanager
-def full_rcnn_workload(model):
-    """Within the block, an R-CNN does the most test-time work its config allows.
+def _full_load_settings(model):
+    """(object, attribute, value) triples that put ``model`` at full test-time load, and
+    the box-regression modules whose weights are zeroed (R-CNNs); ([], []) for models
+    this does not know."""
+    rpn = getattr(model, "proposal_generator", None)
+    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
+    # NMS drops boxes (masks) whose IoU exceeds the threshold; IoU never exceeds 1.
+    if hasattr(rpn, "nms_thresh") and all(
+        hasattr(predictor, n) for n in ("test_score_thresh", "test_nms_thresh")
+    ):
+        settings = [(rpn, "nms_thresh", 1.0), (predictor, "test_score_thresh", -1.0),
+                    (predictor, "test_nms_thresh", 1.0)]
+        regressors = [m for m in (getattr(getattr(rpn, "rpn_head", None), "anchor_deltas", None),
+                                  getattr(predictor, "bbox_pred", None)) if m is not None]
+        return settings, regressors
+    if all(hasattr(model, n) for n in ("score_thresh", "nms_iou", "max_detections")):  # IAUNet
+        return [(model, "score_thresh", -1.0), (model, "nms_iou", 1.0)], []
+    return [], []
 
-    The RPN keeps all of its ``post_nms_topk`` proposals (NMS off) and the box predictor
-    returns exactly ``test_topk_per_image`` detections (no score threshold, NMS off),
-    so the ROI heads' cost no longer depends on the weights. The box regressions of the
-    RPN and the box predictor are zeroed as well (proposals = anchors, detections =
-    proposals): box positions do not change the cost (ROIAlign pools a fixed grid), but
-    a random model's regressions can move every box out of the image, which leaves
-    nothing for the heads to do. Models without an RPN and a ``FastRCNNOutputLayers``-
-    style box predictor (IAUNet, cascades) are left untouched. Settings and weights are
-    restored on exit.
+
+@contextlib.contextmanager
+def full_test_workload(model):
+    """Within the block, a model does the most test-time work its config allows, so that
+    its cost does not depend on its weights (random-initialised models keep a random
+    number of boxes or masks).
+
+    R-CNN: the RPN keeps all of its ``post_nms_topk`` proposals (NMS off) and the box
+    predictor returns exactly ``test_topk_per_image`` detections (no score threshold,
+    NMS off). The box regressions of the RPN and the box predictor are zeroed as well
+    (proposals = anchors, detections = proposals): box positions do not change the cost
+    (ROIAlign pools a fixed grid), but a random model's regressions can move every box
+    out of the image, which leaves nothing for the heads to do.
+    IAUNet: no score threshold and no mask suppression, so ``max_detections`` masks (or
+    all queries, if fewer) are post-processed at full resolution.
+    Other models are left untouched. Settings and weights are restored on exit.
 
     Yields:
         bool: whether the model was switched.
     """
-    rpn = getattr(model, "proposal_generator", None)
-    predictor = getattr(getattr(model, "roi_heads", None), "box_predictor", None)
-    names = ("test_score_thresh", "test_nms_thresh")
-    if rpn is None or not hasattr(rpn, "nms_thresh") or not all(
-        hasattr(predictor, n) for n in names
-    ):
-        yield False
-        return
-    saved = (rpn.nms_thresh, predictor.test_score_thresh, predictor.test_nms_thresh)
-    regressors = [m for m in (getattr(getattr(rpn, "rpn_head", None), "anchor_deltas", None),
-                              getattr(predictor, "bbox_pred", None)) if m is not None]
+    settings, regressors = _full_load_settings(model)
+    saved = [(obj, name, getattr(obj, name)) for obj, name, _ in settings]
     saved_weights = [(p, p.detach().clone()) for m in regressors for p in m.parameters()]
-    # NMS drops boxes whose IoU exceeds the threshold; IoU never exceeds 1.
-    rpn.nms_thresh = 1.0
-    predictor.test_score_thresh = -1.0
-    predictor.test_nms_thresh = 1.0
     try:
+        for obj, name, value in settings:
+            setattr(obj, name, value)
         with torch.no_grad():
             for p, _ in saved_weights:
                 p.zero_()
-        yield True
+        yield bool(settings)
     finally:
-        rpn.nms_thresh, predictor.test_score_thresh, predictor.test_nms_thresh = saved
+        for obj, name, value in saved:
+            setattr(obj, name, value)
         with torch.no_grad():
             for p, value in saved_weights:
                 p.copy_(value)
@@ -225,8 +238,7 @@ def count_flops(model, height, width, image=None, count_attention=False, full_lo
         image: optional (3, height, width) tensor to use instead.
         count_attention: also count fused attention (``scaled_dot_product_attention``)
             and ``baddbmm``, which fvcore skips; off by default as in the paper.
-        full_load: count R-CNN models under ``full_rcnn_workload`` (default); other
-            models are unaffected.
+        full_load: count under ``full_test_workload`` (default).
         submodules: dotted module names (relative to ``model``) whose FLOPs are also
             reported in ``per_module`` (0 when the model has no such module).
     Returns:
@@ -246,7 +258,7 @@ def count_flops(model, height, width, image=None, count_attention=False, full_lo
         generator = torch.Generator().manual_seed(0)
         image = (torch.rand(3, height, width, generator=generator) * 255.0).to(device)
     wrapper = BatchedInputsWrapper(model).eval()
-    workload = full_rcnn_workload(model) if full_load else contextlib.nullcontext()
+    workload = full_test_workload(model) if full_load else contextlib.nullcontext()
     with torch.no_grad(), workload:
         analysis = FlopCountAnalysis(wrapper, (image,))
         if count_attention:

@@ -6,14 +6,13 @@ are a fraction of the machine's own ceiling (a large 3x3 convolution through tor
 measured in the same process just before the models. This keeps the tables comparable
 on shared machines whose absolute speed changes with the load.
 
-Fairness of random-initialised models: R-CNN inference cost grows with the number of
-proposals and detections that survive NMS and the score threshold, and a random model
-keeps a random number of them. Unless told otherwise (``fair=False``), R-CNN models are
-timed and counted under ``analysis.full_rcnn_workload`` (all post-NMS proposals through
-the box head, TEST.DETECTIONS_PER_IMAGE detections through the mask head, as for a
-trained model on a crowded image), and ``fair_test_opts`` sets
-``MODEL.IAUNET.TEST.SCORE_THRESH 0.0`` for IAUNet (every query's mask is upsampled and
-enters mask NMS).
+Fairness of random-initialised models: inference cost grows with the number of boxes
+or masks that survive NMS and the score threshold, and a random model keeps a random
+number of them. Unless told otherwise (``fair=False``), models are timed and counted
+under ``analysis.full_test_workload``: an R-CNN sends all post-NMS proposals through the
+box head and TEST.DETECTIONS_PER_IMAGE detections through the mask head, IAUNet
+post-processes TEST.DETECTIONS_PER_IMAGE masks, as for a trained model on a crowded
+image.
 """
 import contextlib
 import logging
@@ -28,7 +27,6 @@ import torch
 from .analysis import describe_model
 
 __all__ = [
-    "fair_test_opts",
     "measure_ceiling",
     "synthetic_image",
     "synthetic_train_batch",
@@ -74,14 +72,6 @@ def summarize(times: Sequence[float]) -> Dict[str, float]:
         q1 = q3 = ordered[0]
     return {"median": med, "min": ordered[0], "max": ordered[-1], "q1": q1, "q3": q3,
             "iqr": q3 - q1, "n": len(ordered)}
-
-
-def fair_test_opts(cfg) -> List[str]:
-    """Config overrides that make random-initialised models do their full test-time work
-    (see the module docstring)."""
-    if cfg.MODEL.META_ARCHITECTURE == "IAUNet":
-        return ["MODEL.IAUNET.TEST.SCORE_THRESH", "0.0"]
-    return []  # R-CNNs: full_rcnn_workload at run time
 
 
 # ----------------------------------------------------------------------------- ceiling
@@ -209,19 +199,12 @@ def measure_peak_memory(fn: Callable[[], object], device: str = "cpu") -> Dict[s
 
 
 # ----------------------------------------------------------------------------- models
-def load_benchmark_config(config_file: str, opts: Sequence[str] = (), device: str = "cpu",
-                          fair: bool = True):
-    """Frozen config of ``config_file`` + ``opts`` on ``device``, random init, with the
-    ``fair_test_opts`` applied first (explicit ``opts`` win)."""
+def load_benchmark_config(config_file: str, opts: Sequence[str] = (), device: str = "cpu"):
+    """Frozen config of ``config_file`` + ``opts`` on ``device``, random init."""
     from ..engine.defaults import build_config
 
     base = list(opts) + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""]
-    cfg = build_config(config_file, base, prepare_data=False)
-    if fair:
-        extra = fair_test_opts(cfg)
-        # Re-merge so that user opts still override the fairness defaults.
-        cfg = build_config(config_file, extra + base, prepare_data=False)
-    return cfg
+    return build_config(config_file, base, prepare_data=False)
 
 
 def benchmark_model(cfg, height: int, width: int, repeats: int = 5, warmup: int = 1,
@@ -233,13 +216,13 @@ def benchmark_model(cfg, height: int, width: int, repeats: int = 5, warmup: int 
     Inference runs the eval-mode model on one (3, H, W) image under
     ``torch.inference_mode`` (the way an evaluator or predictor calls it). The training
     step is forward + backward + optimizer step (the project's optimizer from the
-    config) on ``synthetic_train_batch``. With ``full_load``, R-CNN inference is timed
-    and counted under ``full_rcnn_workload`` (no effect on other models).
+    config) on ``synthetic_train_batch``. With ``full_load``, inference is timed and
+    counted under ``full_test_workload``.
     """
     from detectron2.modeling import build_model
 
     from ..solver import build_optimizer
-    from .analysis import count_flops, count_parameters, full_rcnn_workload
+    from .analysis import count_flops, count_parameters, full_test_workload
 
     device = cfg.MODEL.DEVICE
     arch, backbone = describe_model(cfg)
@@ -252,7 +235,7 @@ def benchmark_model(cfg, height: int, width: int, repeats: int = 5, warmup: int 
     model.eval()
     image = synthetic_image(height, width).to(device)
     inputs = [{"image": image, "height": height, "width": width}]
-    workload = full_rcnn_workload if full_load else (lambda m: contextlib.nullcontext(False))
+    workload = full_test_workload if full_load else (lambda m: contextlib.nullcontext(False))
 
     def infer():
         with torch.inference_mode(), workload(model):
@@ -320,7 +303,7 @@ def run_benchmark(config_files: Sequence[str], opts: Sequence[str] = (), height:
     log(f"  matmul {before['matmul_gflops']:.1f} GFLOP/s, conv {before['conv_gflops']:.1f} GFLOP/s")
     rows = []
     for i, path in enumerate(config_files):
-        cfg = load_benchmark_config(path, opts, device, fair)
+        cfg = load_benchmark_config(path, opts, device)
         label = f"{i}:{path}"
         log(f"[{label}] building {'/'.join(describe_model(cfg))}")
         rows.append(benchmark_model(cfg, height, width, repeats, warmup, skip_train,
