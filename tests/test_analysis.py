@@ -243,18 +243,21 @@ def test_rcnn_flops_reproduce_the_paper(name, paper_gflops):
     assert abs(gflops - paper_gflops) / paper_gflops < 0.05, gflops
 
 
-def test_full_test_workload_iaunet_keeps_max_detections():
+def test_full_test_workload_iaunet_drops_the_score_threshold():
     from detectron2.modeling import build_model
     from iaunet_d2.engine.defaults import build_config
 
     cfg = build_config(os.path.join(_ROOT, "configs", "demo", "iaunet_R18_small.yaml"),
                        ["MODEL.DEVICE", "cpu", "MODEL.IAUNET.NUM_QUERIES", "12",
-                        "TEST.DETECTIONS_PER_IMAGE", "9"], prepare_data=False)
+                        "TEST.DETECTIONS_PER_IMAGE", "9", "MODEL.IAUNET.TEST.SCORE_THRESH", "0.99",
+                        "MODEL.IAUNET.TEST.NMS_IOU", "1.0"], prepare_data=False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     inputs = [{"image": torch.rand(3, 64, 64) * 255, "height": 64, "width": 64}]
-    with torch.no_grad(), full_test_workload(model) as switched:
-        assert switched
-        assert len(model(inputs)[0]["instances"]) == 9
+    with torch.no_grad():
+        assert len(model(inputs)[0]["instances"]) == 0  # nothing scores 0.99
+        with full_test_workload(model) as switched:
+            assert switched
+            assert len(model(inputs)[0]["instances"]) == 9
     assert (model.score_thresh, model.nms_iou) == (cfg.MODEL.IAUNET.TEST.SCORE_THRESH,
                                                    cfg.MODEL.IAUNET.TEST.NMS_IOU)

@@ -13,8 +13,8 @@ fvcore for every model; elementwise ops and, unless --count-attention, fused att
 are not counted: they are listed with their call counts. Models are counted at full
 test-time load (iaunet_d2.utils.analysis.full_test_workload): an R-CNN sends all
 post-NMS proposals (MODEL.RPN.POST_NMS_TOPK_TEST) through the box head and
-TEST.DETECTIONS_PER_IMAGE detections through the mask head; IAUNet post-processes
-TEST.DETECTIONS_PER_IMAGE masks.
+TEST.DETECTIONS_PER_IMAGE detections through the mask head; IAUNet sends every query's
+mask through mask NMS.
 
 "paper conv." is the count in the convention of the IAUNet paper's tables, which differs
 for R-CNN models: there, FLOPs are fvcore's multiply-adds (not twice them) and PointRend's

@@ -14,8 +14,8 @@ two matrix products (attention scores and weighted sum), about +13.4 GFLOPs for 
 
 Models are counted at full test-time load (``full_test_workload``): an R-CNN sends every
 one of the RPN's post-NMS proposals (1000) through the box head and
-TEST.DETECTIONS_PER_IMAGE detections (100) through the mask head, IAUNet post-processes
-TEST.DETECTIONS_PER_IMAGE masks, as for a trained model on a crowded image. A randomly
+TEST.DETECTIONS_PER_IMAGE detections (100) through the mask head, IAUNet sends every
+query's mask through mask NMS, as for a trained model on a crowded image. A randomly
 initialised model otherwise keeps a random number of them and its count is not
 reproducible.
 
@@ -150,7 +150,7 @@ def _full_load_settings(model):
                                   getattr(predictor, "bbox_pred", None)) if m is not None]
         return settings, regressors
     if all(hasattr(model, n) for n in ("score_thresh", "nms_iou", "max_detections")):  # IAUNet
-        return [(model, "score_thresh", -1.0), (model, "nms_iou", 1.0)], []
+        return [(model, "score_thresh", -1.0)], []
     return [], []
 
 
@@ -166,8 +166,9 @@ def full_test_workload(model):
     (proposals = anchors, detections = proposals): box positions do not change the cost
     (ROIAlign pools a fixed grid), but a random model's regressions can move every box
     out of the image, which leaves nothing for the heads to do.
-    IAUNet: no score threshold and no mask suppression, so ``max_detections`` masks (or
-    all queries, if fewer) are post-processed at full resolution.
+    IAUNet: no score threshold, so every query's mask enters mask NMS. NMS stays on:
+    its mask IoUs are real work, and with nothing to suppress a trace would drop them as
+    dead code.
     Other models are left untouched. Settings and weights are restored on exit.
 
     Yields:

@@ -11,7 +11,7 @@ or masks that survive NMS and the score threshold, and a random model keeps a ra
 number of them. Unless told otherwise (``fair=False``), models are timed and counted
 under ``analysis.full_test_workload``: an R-CNN sends all post-NMS proposals through the
 box head and TEST.DETECTIONS_PER_IMAGE detections through the mask head, IAUNet
-post-processes TEST.DETECTIONS_PER_IMAGE masks, as for a trained model on a crowded
+sends every query's mask through mask NMS, as for a trained model on a crowded
 image.
 """
 import contextlib
@@ -382,8 +382,9 @@ def render_markdown(result: Dict[str, object]) -> str:
         f"{s['load_before']} before, {s['load_after']} after.",
         f"Ceiling in this run: matmul {c['matmul_gflops']:.1f} GFLOP/s, "
         f"3x3 conv {c['conv_gflops']:.1f} GFLOP/s (best of before/after the models).",
-        "Ratios are to the first row. GFLOPs = 2 x fvcore multiply-adds (paper convention); "
-        "GFLOP/s = GFLOPs / median latency; fraction (fastest run) uses the minimum latency.",
+        "Ratios are to the first row. GFLOPs = 2 x fvcore multiply-adds at full test-time "
+        "load (see tools/analyze_model.py); GFLOP/s = GFLOPs / median latency; fraction "
+        "(fastest run) uses the minimum latency.",
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
         "|" + "|".join("---" for _ in TABLE_COLUMNS) + "|",
