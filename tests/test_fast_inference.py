@@ -145,3 +145,31 @@ def test_amp_switch(monkeypatch):
     _, s_amp, _ = _by_query(amp)
     _, s_fp32, _ = _by_query(fp32)
     assert torch.allclose(s_amp, s_fp32, atol=0.05)
+
+
+@pytest.mark.parametrize("pre_norm", [False, True])
+def test_attention_layer_equals_multihead_attention(pre_norm):
+    """AttentionLayer computes nn.MultiheadAttention's result from its weights (the
+    heads as strided views), in training (with gradients) and in inference."""
+    torch.manual_seed(0)
+    layer = decoder_module.AttentionLayer(32, 4, pre_norm=pre_norm)
+    x, pos = torch.randn(2, 50, 32, requires_grad=True), torch.randn(2, 50, 32)
+    memory, memory_pos = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
+
+    def reference(x, memory, pos, memory_pos):
+        q = layer.norm(x) if pre_norm else x
+        if memory is None:
+            memory, memory_pos = q, pos
+        out = layer.attn(q + pos, memory + memory_pos, memory, need_weights=False)[0]
+        return x + out if pre_norm else layer.norm(x + out)
+
+    for args in [(x, memory, pos, memory_pos), (x, None, pos, None)]:
+        got, want = layer(*args), reference(*args)
+        torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-5)
+        grad_got = torch.autograd.grad(got.sum(), layer.attn.in_proj_weight)[0]
+        grad_want = torch.autograd.grad(want.sum(), layer.attn.in_proj_weight)[0]
+        torch.testing.assert_close(grad_got, grad_want, rtol=1e-4, atol=1e-5)
+        layer.eval()
+        with torch.inference_mode():
+            torch.testing.assert_close(layer(*args), reference(*args), rtol=1e-5, atol=1e-5)
+        layer.train()

@@ -158,8 +158,13 @@ def _foreground_and_maskness(mask_logits: torch.Tensor, padded_size, image_size,
         probs = _mask_probs(mask_logits[start:end], padded_size, image_size)
         fg = probs > mask_thresh
         foreground[start:end] = fg
-        fg_probs = torch.where(fg, probs, torch.zeros((), dtype=probs.dtype, device=probs.device))
-        maskness[start:end] = fg_probs.flatten(1).sum(1) / fg.flatten(1).sum(1).clamp(min=1)
+        # Probabilities outside the mask zeroed (in place when nothing needs probs for a
+        # backward pass); counting in fp32 avoids an int64 copy of the block (exact up
+        # to 2^24 pixels per mask).
+        threshold = F.threshold if torch.is_grad_enabled() else F.threshold_
+        fg_probs = threshold(probs, mask_thresh, 0.0)
+        count = fg.flatten(1).sum(1, dtype=torch.float32)
+        maskness[start:end] = fg_probs.flatten(1).sum(1) / count.clamp(min=1)
     return foreground, maskness
 
 
