@@ -37,16 +37,21 @@ def coordinate_channels(x: torch.Tensor) -> torch.Tensor:
     """Two coordinate maps for a feature map.
 
     Args:
-        x: (B, C, H, W); only its shape, dtype and device are used.
+        x: (B, C, H, W); only its shape, dtype, device and memory format are used.
     Returns:
         (B, 2, H, W): channel 0 is the x coordinate, channel 1 the y coordinate, each
-        spanning -1..1 across the map (computed per call, so any size works).
+        spanning -1..1 across the map (computed per call, so any size works). Channels-
+        last when x is: concatenated with x, they keep that layout (a mixed-layout
+        concatenation comes out NCHW and every later conv converts it back).
     """
     b, _, h, w = x.shape
     ys = torch.linspace(-1.0, 1.0, h, device=x.device, dtype=x.dtype)
     xs = torch.linspace(-1.0, 1.0, w, device=x.device, dtype=x.dtype)
     grid_y, grid_x = torch.meshgrid(ys, xs, indexing="ij")
-    return torch.stack([grid_x, grid_y]).unsqueeze(0).expand(b, -1, -1, -1)
+    coords = torch.stack([grid_x, grid_y]).unsqueeze(0).expand(b, -1, -1, -1)
+    if x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        coords = coords.contiguous(memory_format=torch.channels_last)
+    return coords
 
 
 def _upsample_to(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
