@@ -1,13 +1,13 @@
 """Parameter and FLOP counts of Detectron2 models.
 
-FLOPs follow the convention of the IAUNet paper's tables: ``2 x`` the multiply-adds
+FLOPs follow the convention of the IAUNet paper's IAUNet rows: ``2 x`` the multiply-adds
 that fvcore's ``FlopCountAnalysis`` counts for one image of shape (1, 3, H, W) fed as
 Detectron2 ``batched_inputs`` in eval mode. fvcore counts convolutions, matmuls,
 linear layers, norms and upsampling; elementwise ops (activations, additions, softmax)
 are not counted and are reported as "unsupported" with their call counts.
 
-fvcore does not count ``aten::scaled_dot_product_attention`` (the fused attention that
-``nn.MultiheadAttention(need_weights=False)`` runs) nor ``aten::baddbmm`` (masked
+fvcore does not count ``aten::scaled_dot_product_attention`` (the fused attention of
+IAUNet's decoder) nor ``aten::baddbmm`` (masked
 attention). The paper's numbers match this plain count: IAUNet-R50 at 512x512 gives
 293.2 GFLOPs here against the paper's 292.6. ``count_attention=True`` adds both as their
 two matrix products (attention scores and weighted sum), about +13.4 GFLOPs for R50.
