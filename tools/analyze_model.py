@@ -106,7 +106,8 @@ def analyze(path, opts, height, width, count_attention=False):
         model, height, width, count_attention=count_attention,
         submodules=PAPER_UNCOUNTED_MODULES,
     )
-    for name in PAPER_UNCOUNTED_MODULES:  # keep only the parts this model has
+    paper_flops = paper_convention_flops(cfg.MODEL.META_ARCHITECTURE, flops, per_module_flops)
+    for name in PAPER_UNCOUNTED_MODULES:  # list only the parts this model has
         if not per_module_flops[name]:
             del per_module_flops[name]
     arch, backbone = describe_model(cfg)
@@ -116,9 +117,7 @@ def analyze(path, opts, height, width, count_attention=False):
         "paper": PAPER_TARGETS.get((arch, backbone)),
         "params": params,
         "flops": flops,
-        "paper_convention_flops": paper_convention_flops(
-            cfg.MODEL.META_ARCHITECTURE, flops,
-            {**{n: 0 for n in PAPER_UNCOUNTED_MODULES}, **per_module_flops}),
+        "paper_convention_flops": paper_flops,
         "per_module_flops": per_module_flops,
         "unsupported": unsupported,
         "seconds": time.perf_counter() - start,
@@ -158,7 +157,8 @@ def main(argv=None):
               "paper params (M)", "paper GFLOPs", "params vs paper", "GFLOPs vs paper"]
     rows = []
     for r in results:
-        paper = r["paper"] or (None, None)
+        # The paper's figures are for 512x512 inputs: no comparison at other sizes.
+        paper = r["paper"] if r["paper"] and (height, width) == (512, 512) else (None, None)
         params_m = r["params"]["total"] / 1e6
         paper_conv = r["paper_convention_flops"] / 1e9
         rows.append([r["config"], r["model"], _fmt(params_m, 2), _fmt(r["flops"] / 1e9, 1),

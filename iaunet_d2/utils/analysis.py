@@ -7,8 +7,8 @@ linear layers, norms and upsampling; elementwise ops (activations, additions, so
 are not counted and are reported as "unsupported" with their call counts.
 
 fvcore does not count ``aten::scaled_dot_product_attention`` (the fused attention of
-IAUNet's decoder) nor ``aten::baddbmm`` (masked
-attention). The paper's numbers match this plain count: IAUNet-R50 at 512x512 gives
+IAUNet's decoder) nor ``aten::baddbmm`` (masked attention). The paper's numbers match
+this plain count: IAUNet-R50 at 512x512 gives
 293.2 GFLOPs here against the paper's 292.6. ``count_attention=True`` adds both as their
 two matrix products (attention scores and weighted sum), about +13.4 GFLOPs for R50.
 

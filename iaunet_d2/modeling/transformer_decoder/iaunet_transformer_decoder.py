@@ -100,7 +100,6 @@ class AttentionLayer(nn.Module):
             return x + self.dropout(out)
         return self.norm(x + self.dropout(out))
 
-
     def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
         """``self.attn(query, key, value)[0]`` computed from its weights: the same math,
         but the heads stay strided views into the projections, which saves the copies
