@@ -17,7 +17,9 @@ from detectron2.evaluation import verify_results
 
 import iaunet_d2  # noqa: F401  (registers datasets, mappers and models)
 from iaunet_d2.data.datasets import DatasetNotFoundError
-from iaunet_d2.engine import AtomicCheckpointer, Trainer, build_config, setup_cfg
+from iaunet_d2.engine import (
+    AtomicCheckpointer, CheckpointReadError, CheckpointWriteError, Trainer, build_config, setup_cfg,
+)
 
 
 def main(args):
@@ -54,14 +56,19 @@ def cli(argv=None):
     except DatasetNotFoundError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
-    launch(
-        main,
-        args.num_gpus,
-        num_machines=args.num_machines,
-        machine_rank=args.machine_rank,
-        dist_url=args.dist_url,
-        args=(args,),
-    )
+    try:
+        launch(
+            main,
+            args.num_gpus,
+            num_machines=args.num_machines,
+            machine_rank=args.machine_rank,
+            dist_url=args.dist_url,
+            args=(args,),
+        )
+    except (CheckpointReadError, CheckpointWriteError) as e:
+        # The trainer has logged the traceback; end with the one line that says what to do.
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     return 0
 
 

@@ -1,5 +1,7 @@
 """Shared test setup: Detectron2 fixes first, datasets in a per-session temp folder."""
+import atexit
 import os
+import shutil
 import sys
 import tempfile
 
@@ -9,6 +11,7 @@ if _REPO_ROOT not in sys.path:
 
 # Generated demo data and any dataset files go to a throwaway root, never ./datasets.
 os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="iaunet_d2_datasets_")
+atexit.register(shutil.rmtree, os.environ["DETECTRON2_DATASETS"], ignore_errors=True)
 
 import iaunet_d2.compat  # noqa: E402,F401  (before anything imports Detectron2)
 import pytest  # noqa: E402

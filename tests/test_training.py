@@ -1,4 +1,5 @@
 """Training, checkpointing and evaluation through the project's Trainer (CPU)."""
+import errno
 import glob
 import json
 import math
@@ -16,7 +17,9 @@ from detectron2.structures import Boxes, Instances
 from pycocotools import mask as mask_util
 
 import iaunet_d2  # noqa: F401
-from iaunet_d2.engine import AtomicCheckpointer, FiniteLossTrainer, Trainer, build_config
+from iaunet_d2.engine import (
+    AtomicCheckpointer, CheckpointWriteError, FiniteLossTrainer, Trainer, build_config,
+)
 from iaunet_d2.evaluation import build_coco_evaluator
 from iaunet_d2.solver import build_lr_scheduler, build_optimizer
 
@@ -182,6 +185,32 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     assert (tmp_path / "model_0000000.pth").read_bytes() == good
 
 
+def test_full_disk_while_saving_names_the_file_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
+    model = torch.nn.Linear(2, 2)
+    checkpointer = AtomicCheckpointer(model, save_dir=str(tmp_path))
+    checkpointer.save("model_0000000")
+    good = (tmp_path / "model_0000000.pth").read_bytes()
+
+    def disk_fills_up(obj, f, *args, **kwargs):
+        # What torch.save does on ENOSPC: the OSError surfaces as the context of a
+        # RuntimeError raised while closing the zip archive.
+        try:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        except OSError:
+            raise RuntimeError("[enforce fail at inline_container.cc] unexpected pos")
+
+    monkeypatch.setattr(torch, "save", disk_fills_up)
+    with pytest.raises(CheckpointWriteError) as info:
+        checkpointer.save("model_0000001")
+    message = str(info.value)
+    assert str(tmp_path / "model_0000001.pth") in message
+    assert "No space left on device" in message
+    assert "MiB free" in message and "--resume" in message
+    assert not glob.glob(str(tmp_path / "*.tmp"))
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert (tmp_path / "model_0000000.pth").read_bytes() == good
+
+
 def test_truncated_checkpoint_gives_clear_error(tmp_path):
     path = tmp_path / "model_broken.pth"
     torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, path)
@@ -200,9 +229,11 @@ def _train_net(args, env, **kwargs):
 
 
 def test_sigkill_then_resume_continues_iteration_and_schedule(tmp_path):
+    MAX_ITER = 8
     out = tmp_path / "run"
     env = dict(os.environ)
-    opts = tiny_rcnn_opts(out, max_iter=20, **{"SOLVER.CHECKPOINT_PERIOD": 3})
+    # Three checkpoints (iterations 2, 5 and final) of ~140 MB each, weights plus moments.
+    opts = tiny_rcnn_opts(out, max_iter=MAX_ITER, **{"SOLVER.CHECKPOINT_PERIOD": 3})
     args = ["--config-file", DEMO_MASK_RCNN, *opts]
 
     proc = _train_net(args, env)
@@ -223,16 +254,16 @@ def test_sigkill_then_resume_continues_iteration_and_schedule(tmp_path):
     assert f"Starting training from iteration {resumed_from}" in log
 
     final = torch.load(out / "model_final.pth", map_location="cpu", weights_only=False)
-    assert final["iteration"] == 19
-    # The learning rate follows the same schedule as an uninterrupted 20-iteration run.
+    assert final["iteration"] == MAX_ITER - 1
+    # The learning rate follows the same schedule as an uninterrupted run.
     cfg = build_config(DEMO_MASK_RCNN, opts, prepare_data=False)
     reference = torch.nn.Linear(1, 1)
     optimizer = build_optimizer(cfg, reference)
     scheduler = build_lr_scheduler(cfg, optimizer)
-    for _ in range(20):
+    for _ in range(MAX_ITER):
         optimizer.step()
         scheduler.step()
-    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == 20
+    assert final["trainer"]["hooks"]["LRScheduler"]["last_epoch"] == MAX_ITER
     optimizer_state = final["trainer"]["_trainer"]["optimizer"]
     assert optimizer_state["state"], "AdamW moments must be checkpointed"
     saved_lr = optimizer_state["param_groups"][0]["lr"]

@@ -1,17 +1,29 @@
 """A checkpointer whose files are never half-written."""
 import os
 import pickle
+import shutil
 
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.file_io import atomic_write
 
-__all__ = ["AtomicCheckpointer", "CheckpointReadError"]
+__all__ = ["AtomicCheckpointer", "CheckpointReadError", "CheckpointWriteError"]
 
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file exists but cannot be read."""
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, no permission, ...)."""
+
+
+def _free_space(folder):
+    try:
+        return f"{shutil.disk_usage(folder).free / 2**20:.0f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 class AtomicCheckpointer(DetectionCheckpointer):
@@ -28,7 +40,17 @@ class AtomicCheckpointer(DetectionCheckpointer):
         basename = f"{name}.pth"
         path = os.path.join(self.save_dir, basename)
         self.logger.info(f"Saving checkpoint to {path}")
-        atomic_write(path, lambda f: torch.save(data, f))
+        try:
+            atomic_write(path, lambda f: torch.save(data, f))
+        except (OSError, RuntimeError) as e:
+            # torch.save reports a full disk as an opaque zip-writer RuntimeError.
+            cause = e.__context__ if isinstance(e.__context__, OSError) else e
+            raise CheckpointWriteError(
+                f"Cannot write checkpoint {path}: {type(cause).__name__}: {cause}. "
+                f"{_free_space(self.save_dir)} free in {self.save_dir}. Checkpoints "
+                "written before are untouched; free space (or set SOLVER.CHECKPOINT_PERIOD "
+                "higher) and continue with --resume."
+            ) from e
         self.tag_last_checkpoint(basename)
 
     def tag_last_checkpoint(self, last_filename_basename):
