@@ -378,8 +378,11 @@ class IAUNetTransformerDecoder(nn.Module):
                 pixel_pos,
             )
             queries = all_queries[:, :n]
-            inst = inst.transpose(1, 2).reshape(b, c, h, w)
-            mask = mask.transpose(1, 2).reshape(b, c, h, w)
+            # (B, HW, d) -> channels-last (B, d, H, W) views. transpose().reshape() gives a
+            # batch stride that CPU kernels do not recognise as channels-last for B = 1,
+            # which made the next level's bilinear upsampling ~25x slower.
+            inst = inst.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            mask = mask.reshape(b, h, w, c).permute(0, 3, 1, 2)
             prev = LevelFeatures(feats.main, mask, inst)
 
             if self.deep_supervision and level < self.num_levels - 1:
