@@ -94,15 +94,16 @@ class UpBlock(nn.Module):
         super().__init__()
         # A bias before a normalization layer is cancelled by it (and gets no gradient).
         use_bias = norm == ""
+        # ReLUs run in place: no norm or conv backward needs its own output.
         self.dw1 = Conv2d(in_channels, in_channels, 3, padding=1, groups=in_channels, bias=False)
         self.pw1 = Conv2d(
             in_channels, out_channels, 1, bias=use_bias,
-            norm=get_norm(norm, out_channels), activation=F.relu,
+            norm=get_norm(norm, out_channels), activation=F.relu_,
         )
         self.dw2 = Conv2d(out_channels, out_channels, 3, padding=1, groups=out_channels, bias=False)
         self.pw2 = Conv2d(
             out_channels, out_channels, 1, bias=use_bias,
-            norm=get_norm(norm, out_channels), activation=F.relu,
+            norm=get_norm(norm, out_channels), activation=F.relu_,
         )
         self.shortcut = (
             Conv2d(in_channels, out_channels, 1) if in_channels != out_channels else None
@@ -124,7 +125,7 @@ def _conv_branch(in_channels: int, channels: int, norm: str, num_convs: int = 2)
     for i in range(num_convs):
         conv = Conv2d(
             in_channels if i == 0 else channels, channels, 3, padding=1,
-            bias=norm == "", norm=get_norm(norm, channels), activation=F.relu,
+            bias=norm == "", norm=get_norm(norm, channels), activation=F.relu_,
         )
         weight_init.c2_msra_fill(conv)
         layers.append(conv)
