@@ -166,11 +166,22 @@ def test_full_model_gradient_clipping_and_backbone_multiplier():
     assert total.item() == pytest.approx(0.5, rel=1e-4)
 
 
-def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
-    model = torch.nn.Linear(2, 2)
-    checkpointer = AtomicCheckpointer(model, save_dir=str(tmp_path))
+def _checkpointer_with_one_save(tmp_path):
+    """An AtomicCheckpointer that has written model_0000000.pth, and that file's bytes."""
+    checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
     checkpointer.save("model_0000000")
-    good = (tmp_path / "model_0000000.pth").read_bytes()
+    return checkpointer, (tmp_path / "model_0000000.pth").read_bytes()
+
+
+def _assert_only_first_checkpoint(tmp_path, good):
+    """No temp file left; the tag and the file still name and hold the first save."""
+    assert not glob.glob(str(tmp_path / "*.tmp"))
+    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
+    assert (tmp_path / "model_0000000.pth").read_bytes() == good
+
+
+def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
+    checkpointer, good = _checkpointer_with_one_save(tmp_path)
 
     def dies_midway(obj, f, *args, **kwargs):
         f.write(b"partial")
@@ -180,16 +191,11 @@ def test_checkpoint_write_is_atomic(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         checkpointer.save("model_0000001")
     assert not (tmp_path / "model_0000001.pth").exists()
-    assert not glob.glob(str(tmp_path / "*.tmp"))
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
-    assert (tmp_path / "model_0000000.pth").read_bytes() == good
+    _assert_only_first_checkpoint(tmp_path, good)
 
 
 def test_full_disk_while_saving_names_the_file_and_keeps_earlier_checkpoints(tmp_path, monkeypatch):
-    model = torch.nn.Linear(2, 2)
-    checkpointer = AtomicCheckpointer(model, save_dir=str(tmp_path))
-    checkpointer.save("model_0000000")
-    good = (tmp_path / "model_0000000.pth").read_bytes()
+    checkpointer, good = _checkpointer_with_one_save(tmp_path)
 
     def disk_fills_up(obj, f, *args, **kwargs):
         # What torch.save does on ENOSPC: the OSError surfaces as the context of a
@@ -206,9 +212,8 @@ def test_full_disk_while_saving_names_the_file_and_keeps_earlier_checkpoints(tmp
     assert str(tmp_path / "model_0000001.pth") in message
     assert "No space left on device" in message
     assert "MiB free" in message and "--resume" in message
-    assert not glob.glob(str(tmp_path / "*.tmp"))
-    assert (tmp_path / "last_checkpoint").read_text() == "model_0000000.pth"
-    assert (tmp_path / "model_0000000.pth").read_bytes() == good
+    assert not (tmp_path / "model_0000001.pth").exists()
+    _assert_only_first_checkpoint(tmp_path, good)
 
 
 def test_truncated_checkpoint_gives_clear_error(tmp_path):
