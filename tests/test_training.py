@@ -284,3 +284,16 @@ def test_train_net_without_data_fails_with_one_paragraph(tmp_path):
     assert "Traceback" not in output
     assert "revvity25" in output
     assert str(tmp_path / "nothing_here") in output
+
+
+def test_train_net_eval_only_with_truncated_weights_ends_with_the_file_name(tmp_path):
+    weights = tmp_path / "model_final.pth"
+    torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, weights)
+    weights.write_bytes(weights.read_bytes()[:40])
+    args = ["--config-file", DEMO_MASK_RCNN, "--eval-only",
+            *tiny_rcnn_opts(tmp_path / "out"), "MODEL.WEIGHTS", str(weights)]
+    proc = _train_net(args, dict(os.environ))
+    output, _ = proc.communicate(timeout=300)
+    assert proc.returncode == 1, output[-3000:]
+    last_line = output.strip().splitlines()[-1]
+    assert last_line.startswith("error: Cannot read checkpoint") and str(weights) in last_line

@@ -45,8 +45,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
         except (OSError, RuntimeError) as e:
             # torch.save reports a full disk as an opaque zip-writer RuntimeError.
             cause = e.__context__ if isinstance(e.__context__, OSError) else e
+            reason = str(cause).rstrip(".")
             raise CheckpointWriteError(
-                f"Cannot write checkpoint {path}: {type(cause).__name__}: {cause}. "
+                f"Cannot write checkpoint {path}: {type(cause).__name__}: {reason}. "
                 f"{_free_space(self.save_dir)} free in {self.save_dir}. Checkpoints "
                 "written before are untouched; free space (or set SOLVER.CHECKPOINT_PERIOD "
                 "higher) and continue with --resume."
@@ -62,6 +63,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             return super()._load_file(filename)
         except (EOFError, RuntimeError, pickle.UnpicklingError, OSError) as e:
             raise CheckpointReadError(
-                f"Cannot read checkpoint {filename}: {type(e).__name__}: {e}. "
+                f"Cannot read checkpoint {filename}: {type(e).__name__}: "
+                f"{str(e).rstrip('.')}. "
                 "The file is truncated, corrupt or not a PyTorch/Detectron2 checkpoint."
             ) from e
