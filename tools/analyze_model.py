@@ -40,10 +40,9 @@ import iaunet_d2  # noqa: E402,F401  (registers the project's models)
 import iaunet_d2.modeling.backbone  # noqa: E402,F401  (registers build_swin_backbone)
 from iaunet_d2.utils.analysis import (  # noqa: E402
     PAPER_UNCOUNTED_MODULES,
-    count_flops,
+    count_flops_with_paper_convention,
     count_parameters,
     describe_model,
-    paper_convention_flops,
 )
 
 # Paper Tables 1-2: (#params in M, GFLOPs at 512x512).
@@ -61,7 +60,6 @@ PAPER_TARGETS = {
     ("PointRend", "Swin-S"): (81, 92.9),
     ("PointRend", "Swin-B"): (119, 131),
 }
-
 
 
 def get_parser():
@@ -102,11 +100,9 @@ def analyze(path, opts, height, width, count_attention=False):
     start = time.perf_counter()
     model = build_model(cfg).eval()
     params = count_parameters(model)
-    flops, per_module_flops, unsupported = count_flops(
-        model, height, width, count_attention=count_attention,
-        submodules=PAPER_UNCOUNTED_MODULES,
+    flops, paper_flops, per_module_flops, unsupported = count_flops_with_paper_convention(
+        model, cfg.MODEL.META_ARCHITECTURE, height, width, count_attention=count_attention
     )
-    paper_flops = paper_convention_flops(cfg.MODEL.META_ARCHITECTURE, flops, per_module_flops)
     for name in PAPER_UNCOUNTED_MODULES:  # list only the parts this model has
         if not per_module_flops[name]:
             del per_module_flops[name]

@@ -82,11 +82,9 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
 
     from iaunet_d2.engine import AtomicCheckpointer, Trainer, build_config
     from iaunet_d2.utils.analysis import (
-        PAPER_UNCOUNTED_MODULES,
-        count_flops,
+        count_flops_with_paper_convention,
         count_parameters,
         describe_model,
-        paper_convention_flops,
     )
 
     base = build_config(path, opts, prepare_data=False)
@@ -129,9 +127,9 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
     cpu_cfg.MODEL.DEVICE = "cpu"
     fresh = build_model(cpu_cfg)
     fresh.load_state_dict(model.state_dict())
-    flops, per_module, _ = count_flops(fresh, int(flops_size[0]), int(flops_size[1]),
-                                       submodules=PAPER_UNCOUNTED_MODULES)
-    paper_flops = paper_convention_flops(cfg.MODEL.META_ARCHITECTURE, flops, per_module)
+    flops, paper_flops, _, _ = count_flops_with_paper_convention(
+        fresh, cfg.MODEL.META_ARCHITECTURE, int(flops_size[0]), int(flops_size[1])
+    )
     row = {"model": arch, "backbone": backbone, "config": path, "dataset": dataset,
            "#params (M)": params / 1e6, "GFLOPs": flops / 1e9,
            "GFLOPs paper conv.": paper_flops / 1e9}

@@ -33,7 +33,7 @@ from torch import nn
 
 __all__ = ["count_parameters", "count_flops", "describe_model", "flatten_outputs",
            "BatchedInputsWrapper", "full_test_workload", "paper_convention_flops",
-           "PAPER_UNCOUNTED_MODULES"]
+           "count_flops_with_paper_convention", "PAPER_UNCOUNTED_MODULES"]
 
 
 def count_parameters(model):
@@ -312,3 +312,18 @@ def describe_model(cfg):
     if "resnet" in name:
         return arch, f"R{cfg.MODEL.RESNETS.DEPTH}"
     return arch, name
+
+
+def count_flops_with_paper_convention(model, meta_architecture, height, width, **kwargs):
+    """``count_flops`` (keyword arguments passed on) plus the paper-convention count.
+
+    Returns:
+        (total_flops, paper_flops, per_module, unsupported_ops): as ``count_flops``,
+        with ``paper_convention_flops`` as the second item; ``per_module`` also holds
+        the ``PAPER_UNCOUNTED_MODULES`` entries (0 where the model has no such module).
+    """
+    flops, per_module, unsupported = count_flops(
+        model, height, width, submodules=PAPER_UNCOUNTED_MODULES, **kwargs
+    )
+    paper_flops = paper_convention_flops(meta_architecture, flops, per_module)
+    return flops, paper_flops, per_module, unsupported

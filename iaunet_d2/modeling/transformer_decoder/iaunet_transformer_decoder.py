@@ -106,14 +106,17 @@ class AttentionLayer(nn.Module):
         nn.MultiheadAttention makes (about 20 ms per 128 x 128 pixel map on 2 CPU cores).
         query (B, Lq, d), key and value (B, Lk, d) -> (B, Lq, d)."""
         attn = self.attn
-        heads = attn.num_heads
         batch, len_q, dim = query.shape
-        len_k = key.shape[1]
-        w_q, w_k, w_v = attn.in_proj_weight.chunk(3)
-        b_q, b_k, b_v = attn.in_proj_bias.chunk(3)
-        q = F.linear(query, w_q, b_q).view(batch, len_q, heads, dim // heads).transpose(1, 2)
-        k = F.linear(key, w_k, b_k).view(batch, len_k, heads, dim // heads).transpose(1, 2)
-        v = F.linear(value, w_v, b_v).view(batch, len_k, heads, dim // heads).transpose(1, 2)
+
+        def project_to_heads(x, weight, bias):  # (B, L, d) -> (B, heads, L, head_dim) view
+            y = F.linear(x, weight, bias)
+            return y.view(batch, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)
+
+        q, k, v = (
+            project_to_heads(x, w, b)
+            for x, w, b in zip((query, key, value), attn.in_proj_weight.chunk(3),
+                               attn.in_proj_bias.chunk(3))
+        )
         dropout = attn.dropout if self.training else 0.0
         out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         return attn.out_proj(out.transpose(1, 2).reshape(batch, len_q, dim))
