@@ -4,7 +4,9 @@ import logging
 
 import torch
 from detectron2.solver import build_lr_scheduler as build_d2_lr_scheduler
-from detectron2.solver.build import get_default_optimizer_params, maybe_add_gradient_clipping
+from detectron2.solver.build import (
+    get_default_optimizer_params, maybe_add_gradient_clipping, reduce_param_groups,
+)
 from detectron2.solver.lr_scheduler import LRMultiplier, WarmupParamScheduler
 from fvcore.common.param_scheduler import CosineParamScheduler
 
@@ -28,29 +30,43 @@ def _with_full_model_clipping(optimizer_cls, max_norm):
     return FullModelClippedOptimizer
 
 
+def _split_groups(groups, members, **changes):
+    """Split every group into its parameters in ``members`` (a set of ids), whose
+    hyper-parameters get ``changes`` (callables of the group's value), and the rest."""
+    split = []
+    for group in groups:
+        hyper = {k: v for k, v in group.items() if k != "params"}
+        inside = [p for p in group["params"] if id(p) in members]
+        outside = [p for p in group["params"] if id(p) not in members]
+        if inside:
+            changed = {key: change(hyper[key]) for key, change in changes.items()}
+            split.append({**hyper, **changed, "params": inside})
+        if outside:
+            split.append({**hyper, "params": outside})
+    return split
+
+
 def _parameter_groups(cfg, model):
-    """Detectron2's default groups, with the backbone lr scaled by BACKBONE_MULTIPLIER."""
+    """Detectron2's default groups (norms with SOLVER.WEIGHT_DECAY_NORM), embeddings with
+    SOLVER.WEIGHT_DECAY_EMBED and the backbone lr scaled by BACKBONE_MULTIPLIER."""
     groups = get_default_optimizer_params(
         model,
         base_lr=cfg.SOLVER.BASE_LR,
         weight_decay=cfg.SOLVER.WEIGHT_DECAY,
         weight_decay_norm=cfg.SOLVER.WEIGHT_DECAY_NORM,
     )
+    embeddings = {
+        id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()
+    }
+    if embeddings and cfg.SOLVER.WEIGHT_DECAY_EMBED != cfg.SOLVER.WEIGHT_DECAY:
+        decay_embed = cfg.SOLVER.WEIGHT_DECAY_EMBED
+        groups = _split_groups(groups, embeddings, weight_decay=lambda _: decay_embed)
     multiplier = cfg.SOLVER.BACKBONE_MULTIPLIER
     backbone = getattr(model, "backbone", None)
-    if multiplier == 1.0 or backbone is None:
-        return groups
-    backbone_params = {id(p) for p in backbone.parameters()}
-    split = []
-    for group in groups:
-        hyper = {k: v for k, v in group.items() if k != "params"}
-        inside = [p for p in group["params"] if id(p) in backbone_params]
-        outside = [p for p in group["params"] if id(p) not in backbone_params]
-        if inside:
-            split.append({**hyper, "params": inside, "lr": hyper["lr"] * multiplier})
-        if outside:
-            split.append({**hyper, "params": outside})
-    return split
+    if multiplier != 1.0 and backbone is not None:
+        backbone_params = {id(p) for p in backbone.parameters()}
+        groups = _split_groups(groups, backbone_params, lr=lambda lr: lr * multiplier)
+    return reduce_param_groups(groups)
 
 
 def build_optimizer(cfg, model):

@@ -16,6 +16,9 @@ ones. Cells are small and densely packed, so most of the signal is at their bord
 where uniform points are rare; the uniform share keeps the interior supervised. Setting
 ``importance_sample_ratio=0`` gives plain uniform sampling.
 
+With ``mask_loss="dense"`` the matched mask logits are instead upsampled to the target
+resolution (bilinear, as at inference) and both losses use every pixel.
+
 Both mask losses are summed over matched masks and divided by the number of target masks
 in the whole (distributed) batch, clamped to at least 1.
 """
@@ -142,8 +145,12 @@ class IAUNetSetCriterion(nn.Module):
         num_points: int = 112 * 112,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
+        mask_loss: str = "points",
     ):
         super().__init__()
+        if mask_loss not in ("points", "dense"):
+            raise ValueError(f"MODEL.IAUNET.MASK_LOSS must be 'points' or 'dense', got {mask_loss!r}")
+        self.mask_loss = mask_loss
         if not 0.0 <= importance_sample_ratio <= 1.0:
             raise ValueError(
                 f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
@@ -176,6 +183,7 @@ class IAUNetSetCriterion(nn.Module):
             "dice_weight": ia.DICE_WEIGHT,
             "no_object_weight": ia.NO_OBJECT_WEIGHT,
             "num_points": ia.TRAIN_NUM_POINTS,
+            "mask_loss": ia.MASK_LOSS,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -220,7 +228,8 @@ class IAUNetSetCriterion(nn.Module):
         indices: List[Tuple[torch.Tensor, torch.Tensor]],
         num_masks: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(BCE, dice) of the matched masks on sampled points (unweighted).
+        """(BCE, dice) of the matched masks (unweighted), on sampled points or, with
+        ``mask_loss="dense"``, on every pixel of the target grid.
 
         Args:
             pred_masks: (B, N, h, w) logits.
@@ -233,6 +242,15 @@ class IAUNetSetCriterion(nn.Module):
             src = pred_masks[b][pred_idx.to(device)]  # (K, h, w)
             tgt_masks = target["masks"]  # (M, H, W)
             height, width = tgt_masks.shape[-2:]
+            tgt_rows = tgt_idx.to(tgt_masks.device)
+            if self.mask_loss == "dense":
+                # Every pixel: the logits upsampled as at inference, the binary targets.
+                point_logits.append(F.interpolate(
+                    src[:, None].float(), size=(height, width), mode="bilinear",
+                    align_corners=False,
+                ).flatten(1))
+                point_targets.append(tgt_masks[tgt_rows].flatten(1).to(device, torch.float32))
+                continue
             index = sample_points_with_importance(
                 src.detach(),
                 height,
@@ -247,9 +265,8 @@ class IAUNetSetCriterion(nn.Module):
             )
             # Read targets at the pixel centres directly (they stay exactly binary), and
             # only there: never copy K full-resolution masks.
-            tgt_rows = tgt_idx.to(tgt_masks.device)[:, None]
             point_targets.append(
-                tgt_masks.flatten(1)[tgt_rows, index.to(tgt_masks.device)].to(
+                tgt_masks.flatten(1)[tgt_rows[:, None], index.to(tgt_masks.device)].to(
                     device, torch.float32
                 )
             )

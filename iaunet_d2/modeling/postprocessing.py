@@ -8,6 +8,7 @@ Procedure (DESIGN.md, "Inference"; paper section 7):
 3. mask logits upsampled to the padded input size, cropped to the resized image;
 4. maskness = mean mask probability over the pixels with p > mask_thresh (0 if none);
    score = class probability * maskness; scores below score_thresh dropped;
+   empty masks and masks covering the whole image are dropped too;
 5. class-aware mask NMS at nms_iou, keep the best max_detections;
 6. mask probabilities resized (bilinear) to the output size and binarized at mask_thresh;
    boxes are the masks' extents.
@@ -237,7 +238,11 @@ def predictions_to_instances(
     )
 
     scores = cand_prob * maskness[cand_to_query]
-    passing = scores >= score_thresh
+    # An empty mask or one covering the whole image is never a cell (an untrained model
+    # predicts both), whatever its class score.
+    area = foreground.flatten(1).sum(1)
+    proper = (area > 0) & (area < h_img * w_img)
+    passing = (scores >= score_thresh) & proper[cand_to_query]
     if not passing.any():
         return _empty_instances((out_h, out_w), device)
     scores, cand_query, cand_class, cand_to_query = (
@@ -261,6 +266,12 @@ def predictions_to_instances(
             probs[None], size=(out_h, out_w), mode="bilinear", align_corners=False
         )[0]
         out_masks = out_probs > mask_thresh
+        # A mask of a few pixels can vanish when reduced to a smaller output size.
+        visible = out_masks.flatten(1).any(1)
+        if not visible.all():
+            out_masks, scores, cand_class, cand_query = (
+                out_masks[visible], scores[visible], cand_class[visible], cand_query[visible]
+            )
 
     result = Instances((out_h, out_w))
     result.pred_masks = out_masks

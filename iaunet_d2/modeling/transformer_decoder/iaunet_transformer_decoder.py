@@ -32,6 +32,7 @@ __all__ = [
     "FFNLayer",
     "IAUNetTransformerDecoder",
     "InstanceActivation",
+    "QueryDecoderLayer",
 ]
 
 
@@ -224,6 +225,36 @@ class DualPathDecoderLayer(nn.Module):
         return queries, inst, mask
 
 
+class QueryDecoderLayer(nn.Module):
+    """A query-only decoder layer: the queries attend to the instance pixels, then to
+    each other, then FFN; the pixel features are left unchanged. Used for the extra
+    layers per level (``MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL``), in the manner of the
+    authors' later recipe, which refines the queries several times per level."""
+
+    def __init__(
+        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.0, pre_norm: bool = False
+    ):
+        super().__init__()
+        self.cross_attn = AttentionLayer(d_model, nhead, dropout, pre_norm)
+        self.self_attn = AttentionLayer(d_model, nhead, dropout, pre_norm)
+        self.ffn = FFNLayer(d_model, dim_feedforward, dropout, pre_norm)
+
+    def forward(
+        self,
+        queries: torch.Tensor,
+        query_pos: torch.Tensor,
+        inst: torch.Tensor,
+        pixel_pos: torch.Tensor,
+    ) -> torch.Tensor:
+        """queries, query_pos (B, Q, d); inst, pixel_pos (B, L, d) -> queries (B, Q, d)."""
+        queries = self.cross_attn(queries, inst, query_pos, pixel_pos)
+        queries = self.self_attn(queries, None, query_pos)
+        return self.ffn(queries)
+
+
+_AUX_MASK_FEATURES = ("final", "level")
+
+
 @IAUNET_TRANSFORMER_DECODER_REGISTRY.register()
 class IAUNetTransformerDecoder(nn.Module):
     """Drives the pixel decoder level by level and refines N instance queries.
@@ -235,8 +266,8 @@ class IAUNetTransformerDecoder(nn.Module):
     * ``"activation_maps"``: list over levels (coarse to fine) of (B, N, h_l, w_l)
       activation maps, each map summing to 1 over its pixels;
     * ``"aux_outputs"``: with deep supervision, one ``{"pred_logits", "pred_masks"}``
-      per level except the last (masks upsampled to the finest level's size);
-      otherwise an empty list.
+      per intermediate query state (every decoder layer's output but the last), at the
+      finest level's size; otherwise an empty list.
     """
 
     @configurable
@@ -254,24 +285,63 @@ class IAUNetTransformerDecoder(nn.Module):
         mask_dim: int,
         ia_prior_prob: float,
         deep_supervision: bool,
+        aux_mask_features: str = "final",
+        query_content_embed: bool = False,
+        query_layers_per_level: int = 0,
+        head_init_std: float = 0.0,
+        mask_feature_pos: bool = False,
     ):
         """
         Args:
-            num_levels: pixel-decoder levels, one decoder layer each.
+            num_levels: pixel-decoder levels, one dual-path decoder layer each.
             num_classes: foreground classes (logits get one more for "no object").
             hidden_dim: query and pixel feature width (= the pixel decoder's conv_dim).
             num_queries: N, queries (and activation maps) per level.
             nheads, dim_feedforward, dropout, pre_norm: attention/FFN settings.
             mask_dim: width of the mask kernels (= the pixel decoder's mask_dim).
             ia_prior_prob: prior probability for the IA conv's bias initialisation.
-            deep_supervision: also predict after every level ("aux_outputs").
+            deep_supervision: also predict after every decoder layer ("aux_outputs").
+            aux_mask_features: "final": auxiliary masks are the intermediate kernels
+                applied to the final 1/4-resolution mask features (as Mask2Former does);
+                "level": to the mask features of the level that produced them,
+                upsampled (at level 0 these are 1/32 maps, coarser than most cells).
+            query_content_embed: add a learnable per-slot content embedding to each
+                level's IA queries. IA queries start as near-identical global averages
+                (the activation maps are near-uniform at initialisation); the embedding
+                makes the N slots distinct from the first step.
+            query_layers_per_level: extra query-only layers (cross-attention to the
+                instance pixels -> self-attention -> FFN) after each level's dual-path
+                layer.
+            head_init_std: if > 0, class and kernel heads start from normal(0, std)
+                weights and zero biases (initial mask logits near 0, not mostly
+                foreground); 0 keeps PyTorch's default initialisation.
+            mask_feature_pos: add the pixels' sine positional embedding to the mask
+                features before the kernels' dot product, so that a kernel can place a
+                mask by position linearly (needs mask_dim == hidden_dim).
         """
         super().__init__()
+        if aux_mask_features not in _AUX_MASK_FEATURES:
+            raise ValueError(
+                f"MODEL.IAUNET.AUX_MASK_FEATURES must be one of {_AUX_MASK_FEATURES}, "
+                f"got {aux_mask_features!r}"
+            )
+        if query_layers_per_level < 0:
+            raise ValueError(
+                f"MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL must be >= 0, got {query_layers_per_level}"
+            )
+        if mask_feature_pos and mask_dim != hidden_dim:
+            raise ValueError(
+                f"MODEL.IAUNET.MASK_FEATURE_POS needs MASK_DIM ({mask_dim}) == HIDDEN_DIM ({hidden_dim})"
+            )
+        # Unnormalised (periods from ~6 pixels up): fine enough to tell cells apart,
+        # unlike the attention's normalised embedding, whose periods span the map.
+        self.mask_pe = PositionEmbeddingSine(hidden_dim // 2, normalize=False) if mask_feature_pos else None
         self.num_levels = num_levels
         self.num_queries = num_queries
         self.hidden_dim = hidden_dim
         self.mask_dim = mask_dim
         self.deep_supervision = deep_supervision
+        self.aux_mask_features = aux_mask_features
 
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.ia_layers = nn.ModuleList(
@@ -281,14 +351,25 @@ class IAUNetTransformerDecoder(nn.Module):
             DualPathDecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
             for _ in range(num_levels)
         )
+        # Level l's extra layers are query_layers[l * k : (l + 1) * k], k per level.
+        self.query_layers_per_level = query_layers_per_level
+        self.query_layers = nn.ModuleList(
+            QueryDecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
+            for _ in range(num_levels * query_layers_per_level)
+        )
         # Learned positional embeddings of the new IA queries and of the support queries.
         self.query_pos = nn.Embedding(num_queries, hidden_dim)
         self.support_pos = nn.Embedding(num_queries, hidden_dim)
+        self.query_content = nn.Embedding(num_queries, hidden_dim) if query_content_embed else None
 
         self.head_norm = nn.LayerNorm(hidden_dim)
         self.head_fc = nn.Linear(hidden_dim, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
         self.kernel_embed = nn.Linear(hidden_dim, mask_dim)
+        if head_init_std > 0:
+            for layer in (self.class_embed, self.kernel_embed):
+                nn.init.normal_(layer.weight, std=head_init_std)
+                nn.init.zeros_(layer.bias)
 
     @classmethod
     def from_config(cls, cfg):
@@ -310,6 +391,11 @@ class IAUNetTransformerDecoder(nn.Module):
             "mask_dim": ia.MASK_DIM,
             "ia_prior_prob": ia.IA_PRIOR_PROB,
             "deep_supervision": ia.DEEP_SUPERVISION,
+            "aux_mask_features": ia.AUX_MASK_FEATURES,
+            "query_content_embed": ia.QUERY_CONTENT_EMBED,
+            "query_layers_per_level": ia.QUERY_LAYERS_PER_LEVEL,
+            "head_init_std": ia.HEAD_INIT_STD,
+            "mask_feature_pos": ia.MASK_FEATURE_POS,
         }
 
     def predict(
@@ -353,16 +439,21 @@ class IAUNetTransformerDecoder(nn.Module):
         skips = pixel_decoder.forward_features(features)
         final_size = tuple(skips[-1].shape[-2:])
         n = self.num_queries
+        k = self.query_layers_per_level
+        supervise = self.deep_supervision and self.training
 
         prev: Optional[LevelFeatures] = None
         queries: Optional[torch.Tensor] = None
         activation_maps: List[torch.Tensor] = []
-        aux_outputs: List[Dict[str, torch.Tensor]] = []
+        # Intermediate query states and, for "level" auxiliary masks, their mask features.
+        intermediate: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = []
         for level, skip in enumerate(skips):
             feats = pixel_decoder.forward_level(level, skip, prev)
             b, c, h, w = feats.inst.shape
             new_queries, maps = self.ia_layers[level](feats.inst)
             activation_maps.append(maps)
+            if self.query_content is not None:
+                new_queries = new_queries + self.query_content.weight.unsqueeze(0)
 
             query_pos = self.query_pos.weight.unsqueeze(0).expand(b, -1, -1)
             if queries is None:
@@ -384,16 +475,24 @@ class IAUNetTransformerDecoder(nn.Module):
             # (B, HW, d) -> channels-last (B, d, H, W) views. transpose().reshape() gives a
             # batch stride that CPU kernels do not recognise as channels-last for B = 1,
             # which made the next level's bilinear upsampling ~25x slower.
-            inst = inst.reshape(b, h, w, c).permute(0, 3, 1, 2)
             mask = mask.reshape(b, h, w, c).permute(0, 3, 1, 2)
+            for layer in self.query_layers[level * k:(level + 1) * k]:
+                if supervise:
+                    intermediate.append((queries, mask))
+                queries = layer(queries, query_pos[:, :n], inst, pixel_pos)
+            inst = inst.reshape(b, h, w, c).permute(0, 3, 1, 2)
             prev = LevelFeatures(feats.main, mask, inst)
+            if supervise and level < self.num_levels - 1:
+                intermediate.append((queries, mask))
 
-            if self.deep_supervision and level < self.num_levels - 1:
-                aux_outputs.append(
-                    self.predict(queries, pixel_decoder.mask_features(mask), final_size)
-                )
-
-        out = self.predict(queries, pixel_decoder.mask_features(prev.mask))
+        mask_features = pixel_decoder.mask_features(prev.mask)
+        if self.mask_pe is not None:
+            mask_features = mask_features + self.mask_pe(mask_features)
+        out = self.predict(queries, mask_features)
         out["activation_maps"] = activation_maps
-        out["aux_outputs"] = aux_outputs
+        out["aux_outputs"] = [
+            self.predict(q, mask_features) if self.aux_mask_features == "final"
+            else self.predict(q, pixel_decoder.mask_features(m), final_size)
+            for q, m in intermediate
+        ]
         return out
