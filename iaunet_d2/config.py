@@ -31,7 +31,7 @@ def add_iaunet_config(cfg):
     cfg.SOLVER.BASE_LR_END = 1e-6  # final lr of the cosine schedule
     # Weight decay of nn.Embedding parameters (learned queries and their positional
     # embeddings); SOLVER.WEIGHT_DECAY applies to the rest (norms: WEIGHT_DECAY_NORM).
-    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.05
+    cfg.SOLVER.WEIGHT_DECAY_EMBED = 0.0
     # Gradient clipping: Detectron2's SOLVER.CLIP_GRADIENTS keys, plus the clip type
     # "full_model" (one global norm over all parameters) handled by iaunet_d2.
 
@@ -74,23 +74,29 @@ def add_iaunet_config(cfg):
     cfg.MODEL.IAUNET.DROPOUT = 0.0
     cfg.MODEL.IAUNET.PRE_NORM = False
     cfg.MODEL.IAUNET.IA_PRIOR_PROB = 0.01
-    cfg.MODEL.IAUNET.DEEP_SUPERVISION = False
+    cfg.MODEL.IAUNET.DEEP_SUPERVISION = True
     # Mask features of the auxiliary (deep-supervision) predictions: "final" (the shared
     # 1/4-resolution mask features) or "level" (each level's own, upsampled).
-    cfg.MODEL.IAUNET.AUX_MASK_FEATURES = "level"
+    cfg.MODEL.IAUNET.AUX_MASK_FEATURES = "final"
     # Learnable per-slot content embedding added to each level's IA queries.
-    cfg.MODEL.IAUNET.QUERY_CONTENT_EMBED = False
+    cfg.MODEL.IAUNET.QUERY_CONTENT_EMBED = True
     # Extra query-only decoder layers after each level's dual-path layer.
     cfg.MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL = 0
     # Std of the normal init of the class and kernel heads (0: PyTorch's default init).
-    cfg.MODEL.IAUNET.HEAD_INIT_STD = 0.0
+    cfg.MODEL.IAUNET.HEAD_INIT_STD = 0.01
     # Add the sine positional embedding of the pixels to the final mask features.
-    cfg.MODEL.IAUNET.MASK_FEATURE_POS = False
+    cfg.MODEL.IAUNET.MASK_FEATURE_POS = True
     # Criterion and matcher
     cfg.MODEL.IAUNET.CLASS_WEIGHT = 1.0
     cfg.MODEL.IAUNET.DICE_WEIGHT = 2.0
     cfg.MODEL.IAUNET.MASK_WEIGHT = 5.0
     cfg.MODEL.IAUNET.NO_OBJECT_WEIGHT = 0.1
+    # Weight of a direct loss pulling each matched query's activation maps into its
+    # target mask (0: the maps learn only through the final masks, as in the paper).
+    cfg.MODEL.IAUNET.ACTIVATION_MAP_WEIGHT = 1.0
+    # Weight of a dense auxiliary loss (training only): a 1x1 conv on the final mask
+    # features predicts cell foreground and cell borders at 1/4 resolution (0: off).
+    cfg.MODEL.IAUNET.DENSE_WEIGHT = 0.0
     cfg.MODEL.IAUNET.TRAIN_NUM_POINTS = 112 * 112
     # Mask losses on "points" (TRAIN_NUM_POINTS sampled pixels per mask, importance
     # sampled) or "dense" (every pixel of the predictions upsampled to the input size).

@@ -141,7 +141,8 @@ def test_decoder_output_shapes(size, train, deep_supervision):
         assert maps.shape == (2, 6, hp // stride, wp // stride)
         assert torch.allclose(maps.sum((2, 3)), torch.ones(2, 6), atol=1e-4)
         assert (maps >= 0).all()
-    assert len(out["aux_outputs"]) == (3 if deep_supervision else 0)
+    # Auxiliary predictions are made for the losses only, i.e. in training.
+    assert len(out["aux_outputs"]) == (3 if deep_supervision and train else 0)
     for aux in out["aux_outputs"]:
         assert aux["pred_logits"].shape == (2, 6, 2)
         assert aux["pred_masks"].shape == (2, 6, hp // 4, wp // 4)

@@ -306,10 +306,14 @@ def plot_curves(summary, path, title):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
-    for s in summary:
+    fig, ax = plt.subplots(figsize=(10.5, 5))
+    # Up to 20 distinguishable colours; markers vary too, for grey-scale prints.
+    colors = plt.get_cmap("tab10" if len(summary) <= 10 else "tab20").colors
+    markers = "osD^v<>ph*"
+    for i, s in enumerate(summary):
         xs = [p["iter"] for p in s["curve"]]
-        line, = ax.plot(xs, [p["mean"] for p in s["curve"]], marker="o", markersize=3,
+        line, = ax.plot(xs, [p["mean"] for p in s["curve"]], marker=markers[i % len(markers)],
+                        markersize=4, color=colors[i % len(colors)],
                         label=f"{s['label']} ({_fmt(s['mean']['AP'])})")
         if len(s["seeds"]) > 1:
             ax.fill_between(xs, [p["min"] for p in s["curve"]], [p["max"] for p in s["curve"]],
@@ -319,7 +323,8 @@ def plot_curves(summary, path, title):
     ax.set_ylim(bottom=0)
     ax.grid(alpha=0.3)
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=8, loc="upper left")
+    ax.legend(fontsize=7 if len(summary) > 10 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
+              title="model (final segm AP)", title_fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

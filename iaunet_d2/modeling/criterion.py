@@ -19,6 +19,15 @@ where uniform points are rare; the uniform share keeps the interior supervised. 
 With ``mask_loss="dense"`` the matched mask logits are instead upsampled to the target
 resolution (bilinear, as at inference) and both losses use every pixel.
 
+With ``activation_map_weight > 0`` (``loss_activation``), each matched query's IA
+activation maps are also pulled into its target mask: -log of the map's mass inside the
+mask (the mask average-pooled to the map's resolution), averaged over levels. The paper
+trains the maps only through the final masks; this gives them a direct signal.
+
+With ``dense_weight > 0`` (``loss_dense``), per-pixel foreground and border logits
+(``outputs["pred_dense"]``, from the final mask features) get a BCE loss against the
+union of the masks and their borders: dense supervision from the first step.
+
 Both mask losses are summed over matched masks and divided by the number of target masks
 in the whole (distributed) batch, clamped to at least 1.
 """
@@ -146,11 +155,15 @@ class IAUNetSetCriterion(nn.Module):
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
         mask_loss: str = "points",
+        activation_map_weight: float = 0.0,
+        dense_weight: float = 0.0,
     ):
         super().__init__()
         if mask_loss not in ("points", "dense"):
             raise ValueError(f"MODEL.IAUNET.MASK_LOSS must be 'points' or 'dense', got {mask_loss!r}")
         self.mask_loss = mask_loss
+        self.activation_map_weight = activation_map_weight
+        self.dense_weight = dense_weight
         if not 0.0 <= importance_sample_ratio <= 1.0:
             raise ValueError(
                 f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
@@ -184,6 +197,8 @@ class IAUNetSetCriterion(nn.Module):
             "no_object_weight": ia.NO_OBJECT_WEIGHT,
             "num_points": ia.TRAIN_NUM_POINTS,
             "mask_loss": ia.MASK_LOSS,
+            "activation_map_weight": ia.ACTIVATION_MAP_WEIGHT,
+            "dense_weight": ia.DENSE_WEIGHT,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -282,6 +297,66 @@ class IAUNetSetCriterion(nn.Module):
             dice_loss(point_logits, point_targets, num_masks),
         )
 
+    def loss_activation_maps(
+        self,
+        activation_maps: List[torch.Tensor],
+        targets: List[Dict[str, torch.Tensor]],
+        indices: List[Tuple[torch.Tensor, torch.Tensor]],
+        num_masks: torch.Tensor,
+    ) -> torch.Tensor:
+        """Mean over levels of -log(mass of a matched query's activation map inside its
+        target mask), summed over matched queries and divided by ``num_masks``.
+
+        Args:
+            activation_maps: list over levels of (B, N, h_l, w_l) maps, each summing to 1.
+        """
+        total = activation_maps[0].sum() * 0.0  # reaches every level's maps (DDP)
+        for maps in activation_maps:
+            for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
+                if pred_idx.numel() == 0:
+                    continue
+                level_maps = maps[b][pred_idx.to(maps.device)]  # (K, h, w)
+                # Fraction of each map pixel covered by the target (exact average pooling:
+                # the padded input size is a multiple of every level's stride).
+                cover = F.adaptive_avg_pool2d(
+                    target["masks"][tgt_idx.to(target["masks"].device)][:, None].float(),
+                    level_maps.shape[-2:],
+                )[:, 0].to(level_maps.device)
+                mass = (level_maps.float() * cover).flatten(1).sum(1)
+                total = total - torch.log(mass.clamp(min=1e-6)).sum()
+        return total / (num_masks * len(activation_maps))
+
+    @staticmethod
+    def dense_targets(targets: List[Dict[str, torch.Tensor]], size: Tuple[int, int]) -> torch.Tensor:
+        """Per-pixel foreground and border targets, (B, 2, h, w) in [0, 1].
+
+        Foreground: the union of an image's masks; borders: pixels of a mask with a
+        4-neighbour outside it (so touching cells are separated by their borders). Both
+        are computed at the padded input resolution, then average-pooled to ``size``
+        (exact: the padded size is a multiple of 4).
+        """
+        maps = []
+        for target in targets:
+            masks = target["masks"]  # (M, H, W)
+            if masks.shape[0] == 0:
+                maps.append(masks.new_zeros((2,) + tuple(masks.shape[-2:])))
+                continue
+            fg = masks.amax(0)
+            # Erosion by a plus-shaped element: min over the 4-neighbours (outside = 0).
+            padded = F.pad(masks, (1, 1, 1, 1))
+            eroded = torch.minimum(
+                torch.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]),
+                torch.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]),
+            ) * masks
+            border = (masks - eroded).amax(0)
+            maps.append(torch.stack([fg, border]))
+        return F.adaptive_avg_pool2d(torch.stack(maps).float(), size)
+
+    def loss_dense(self, pred_dense: torch.Tensor, targets: List[Dict[str, torch.Tensor]]):
+        """Mean BCE of the (B, 2, h, w) foreground/border logits against dense_targets."""
+        target = self.dense_targets(targets, tuple(pred_dense.shape[-2:])).to(pred_dense.device)
+        return F.binary_cross_entropy_with_logits(pred_dense.float(), target)
+
     def single_output_losses(
         self,
         outputs: Dict[str, torch.Tensor],
@@ -291,19 +366,27 @@ class IAUNetSetCriterion(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         """Match one output (main or auxiliary) and return its weighted losses."""
         indices = self.matcher(outputs, targets)
+        losses = {}
+        if self.activation_map_weight > 0 and outputs.get("activation_maps"):
+            losses["loss_activation" + suffix] = self.activation_map_weight * (
+                self.loss_activation_maps(outputs["activation_maps"], targets, indices, num_masks)
+            )
         loss_ce = self.loss_labels(outputs["pred_logits"], targets, indices)
         loss_mask, loss_dice = self.loss_masks(outputs["pred_masks"], targets, indices, num_masks)
-        return {
+        losses.update({
             "loss_ce" + suffix: loss_ce * self.class_weight,
             "loss_mask" + suffix: loss_mask * self.mask_weight,
             "loss_dice" + suffix: loss_dice * self.dice_weight,
-        }
+        })
+        return losses
 
     def forward(
         self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
     ) -> Dict[str, torch.Tensor]:
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
         losses = self.single_output_losses(outputs, targets, num_masks)
+        if self.dense_weight > 0 and "pred_dense" in outputs:
+            losses["loss_dense"] = self.dense_weight * self.loss_dense(outputs["pred_dense"], targets)
         for i, aux in enumerate(outputs.get("aux_outputs", None) or []):
             # Each auxiliary prediction gets its own matching, as its queries differ.
             losses.update(self.single_output_losses(aux, targets, num_masks, suffix=f"_{i}"))

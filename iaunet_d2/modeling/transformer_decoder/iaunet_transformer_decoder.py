@@ -265,6 +265,8 @@ class IAUNetTransformerDecoder(nn.Module):
     * ``"pred_masks"``: (B, N, H/4, W/4) mask logits (at the finest level's size);
     * ``"activation_maps"``: list over levels (coarse to fine) of (B, N, h_l, w_l)
       activation maps, each map summing to 1 over its pixels;
+    * ``"pred_dense"`` (training with a dense head only): (B, 2, H/4, W/4) logits of
+      cell foreground and cell borders;
     * ``"aux_outputs"``: with deep supervision, one ``{"pred_logits", "pred_masks"}``
       per intermediate query state (every decoder layer's output but the last), at the
       finest level's size; otherwise an empty list.
@@ -290,6 +292,7 @@ class IAUNetTransformerDecoder(nn.Module):
         query_layers_per_level: int = 0,
         head_init_std: float = 0.0,
         mask_feature_pos: bool = False,
+        dense_head: bool = False,
     ):
         """
         Args:
@@ -317,7 +320,11 @@ class IAUNetTransformerDecoder(nn.Module):
                 foreground); 0 keeps PyTorch's default initialisation.
             mask_feature_pos: add the pixels' sine positional embedding to the mask
                 features before the kernels' dot product, so that a kernel can place a
-                mask by position linearly (needs mask_dim == hidden_dim).
+                mask by position linearly (needs mask_dim divisible by 4).
+            dense_head: in training, also predict two per-pixel maps from the final mask
+                features, cell foreground and cell borders (``"pred_dense"``, for the
+                criterion's dense auxiliary loss): every pixel gets a target from the
+                first step, as an R-CNN's RPN gives every anchor one.
         """
         super().__init__()
         if aux_mask_features not in _AUX_MASK_FEATURES:
@@ -329,13 +336,13 @@ class IAUNetTransformerDecoder(nn.Module):
             raise ValueError(
                 f"MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL must be >= 0, got {query_layers_per_level}"
             )
-        if mask_feature_pos and mask_dim != hidden_dim:
+        if mask_feature_pos and mask_dim % 4:
             raise ValueError(
-                f"MODEL.IAUNET.MASK_FEATURE_POS needs MASK_DIM ({mask_dim}) == HIDDEN_DIM ({hidden_dim})"
+                f"MODEL.IAUNET.MASK_FEATURE_POS needs MASK_DIM divisible by 4, got {mask_dim}"
             )
         # Unnormalised (periods from ~6 pixels up): fine enough to tell cells apart,
         # unlike the attention's normalised embedding, whose periods span the map.
-        self.mask_pe = PositionEmbeddingSine(hidden_dim // 2, normalize=False) if mask_feature_pos else None
+        self.mask_pe = PositionEmbeddingSine(mask_dim // 2, normalize=False) if mask_feature_pos else None
         self.num_levels = num_levels
         self.num_queries = num_queries
         self.hidden_dim = hidden_dim
@@ -361,6 +368,8 @@ class IAUNetTransformerDecoder(nn.Module):
         self.query_pos = nn.Embedding(num_queries, hidden_dim)
         self.support_pos = nn.Embedding(num_queries, hidden_dim)
         self.query_content = nn.Embedding(num_queries, hidden_dim) if query_content_embed else None
+
+        self.dense_head = nn.Conv2d(mask_dim, 2, kernel_size=1) if dense_head else None
 
         self.head_norm = nn.LayerNorm(hidden_dim)
         self.head_fc = nn.Linear(hidden_dim, hidden_dim)
@@ -396,6 +405,7 @@ class IAUNetTransformerDecoder(nn.Module):
             "query_layers_per_level": ia.QUERY_LAYERS_PER_LEVEL,
             "head_init_std": ia.HEAD_INIT_STD,
             "mask_feature_pos": ia.MASK_FEATURE_POS,
+            "dense_head": ia.DENSE_WEIGHT > 0,
         }
 
     def predict(
@@ -486,10 +496,13 @@ class IAUNetTransformerDecoder(nn.Module):
                 intermediate.append((queries, mask))
 
         mask_features = pixel_decoder.mask_features(prev.mask)
+        dense = self.dense_head(mask_features) if self.dense_head is not None and self.training else None
         if self.mask_pe is not None:
             mask_features = mask_features + self.mask_pe(mask_features)
         out = self.predict(queries, mask_features)
         out["activation_maps"] = activation_maps
+        if dense is not None:
+            out["pred_dense"] = dense
         out["aux_outputs"] = [
             self.predict(q, mask_features) if self.aux_mask_features == "final"
             else self.predict(q, pixel_decoder.mask_features(m), final_size)

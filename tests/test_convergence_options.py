@@ -1,0 +1,247 @@
+"""The IAUNet options that speed up learning: model, criterion and optimizer behaviour."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from detectron2.modeling import build_model
+
+from iaunet_test_utils import small_iaunet_cfg, synthetic_batch
+
+from iaunet_d2.engine import build_config
+from iaunet_d2.modeling.criterion import IAUNetSetCriterion, dice_loss, sigmoid_bce_loss
+from iaunet_d2.modeling.transformer_decoder import build_transformer_decoder
+from iaunet_d2.solver import build_optimizer
+
+from train_utils import DEMO_MASK_RCNN
+
+
+def _decoder_outputs(cfg, train=True, size=(64, 64)):
+    model = build_model(cfg)
+    model.train(train)
+    batch = synthetic_batch([size, size], [2, 1])
+    with torch.set_grad_enabled(train):
+        images = model.preprocess_image(batch)
+        out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
+    return model, out
+
+
+@pytest.mark.parametrize("layers_per_level", [0, 2])
+def test_deep_supervision_predicts_after_every_decoder_layer(layers_per_level):
+    cfg = small_iaunet_cfg(DEEP_SUPERVISION=True, QUERY_LAYERS_PER_LEVEL=layers_per_level)
+    model, out = _decoder_outputs(cfg)
+    # 4 dual-path layers + 4 * k query layers; the last one is the main output.
+    assert len(out["aux_outputs"]) == 4 + 4 * layers_per_level - 1
+    assert len(model.transformer_decoder.query_layers) == 4 * layers_per_level
+    for aux in out["aux_outputs"]:
+        assert aux["pred_masks"].shape == out["pred_masks"].shape
+    # Evaluation needs no auxiliary predictions.
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image(synthetic_batch([(64, 64)], [1]))
+        out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
+    assert out["aux_outputs"] == []
+
+
+def test_final_aux_masks_use_the_shared_mask_features():
+    """With AUX_MASK_FEATURES final an auxiliary mask is a kernel applied to the final
+    1/4 mask features, so it is sharp: its logits vary at the finest scale, while
+    level-0 "level" masks are upsampled 1/32 maps (8x8 blocks of near-constant value)."""
+    torch.manual_seed(0)
+    final_cfg = small_iaunet_cfg(DEEP_SUPERVISION=True, AUX_MASK_FEATURES="final")
+    level_cfg = small_iaunet_cfg(DEEP_SUPERVISION=True, AUX_MASK_FEATURES="level")
+    _, final_out = _decoder_outputs(final_cfg)
+    torch.manual_seed(0)
+    _, level_out = _decoder_outputs(level_cfg)
+
+    def roughness(masks):  # mean absolute difference of neighbouring logits
+        return (masks[..., 1:] - masks[..., :-1]).abs().mean().item()
+
+    final_level0 = final_out["aux_outputs"][0]["pred_masks"]
+    level_level0 = level_out["aux_outputs"][0]["pred_masks"]
+    assert roughness(final_level0) > 3 * roughness(level_level0)
+
+
+def test_bad_aux_mask_features_and_negative_layer_count_are_refused():
+    with pytest.raises(ValueError, match="AUX_MASK_FEATURES"):
+        build_transformer_decoder(small_iaunet_cfg(AUX_MASK_FEATURES="coarse"))
+    with pytest.raises(ValueError, match="QUERY_LAYERS_PER_LEVEL"):
+        build_transformer_decoder(small_iaunet_cfg(QUERY_LAYERS_PER_LEVEL=-1))
+    with pytest.raises(ValueError, match="MASK_FEATURE_POS"):
+        build_transformer_decoder(small_iaunet_cfg(MASK_DIM=18, MASK_FEATURE_POS=True))
+
+
+def test_content_embedding_is_added_to_every_level_ia_queries():
+    torch.manual_seed(0)
+    with_content = build_model(small_iaunet_cfg(QUERY_CONTENT_EMBED=True)).eval()
+    without = build_model(small_iaunet_cfg(QUERY_CONTENT_EMBED=False)).eval()
+    assert with_content.transformer_decoder.query_content.weight.shape == (6, 32)
+    assert without.transformer_decoder.query_content is None
+    missing, unexpected = without.load_state_dict(with_content.state_dict(), strict=False)
+    assert not missing and unexpected == ["transformer_decoder.query_content.weight"]
+    batch = synthetic_batch([(64, 64)], [2])
+
+    def masks(model):
+        with torch.no_grad():
+            images = model.preprocess_image(batch)
+            return model.transformer_decoder(model.backbone(images.tensor),
+                                             model.pixel_decoder)["pred_masks"]
+
+    assert not torch.allclose(masks(with_content), masks(without), atol=1e-4)
+    # A zero embedding is exactly the paper's IA queries.
+    with torch.no_grad():
+        with_content.transformer_decoder.query_content.weight.zero_()
+    assert torch.allclose(masks(with_content), masks(without), atol=1e-5)
+
+
+def test_head_init_std_starts_masks_undecided():
+    cfg = small_iaunet_cfg(HEAD_INIT_STD=0.01)
+    decoder = build_transformer_decoder(cfg)
+    for layer in (decoder.class_embed, decoder.kernel_embed):
+        assert layer.weight.std().item() == pytest.approx(0.01, rel=0.2)
+        assert torch.count_nonzero(layer.bias) == 0
+    # Initial mask logits: near 0 (undecided), not PyTorch's default init's large values.
+    torch.manual_seed(0)
+    _, small = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.01, MASK_FEATURE_POS=False), False)
+    torch.manual_seed(0)
+    _, default = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.0, MASK_FEATURE_POS=False), False)
+    assert small["pred_masks"].abs().mean() < 0.2 * default["pred_masks"].abs().mean()
+
+
+def test_mask_feature_pos_adds_the_unnormalised_sine_embedding():
+    cfg = small_iaunet_cfg(MASK_DIM=32, MASK_FEATURE_POS=True)
+    torch.manual_seed(0)
+    model, out = _decoder_outputs(cfg, train=False)
+    decoder = model.transformer_decoder
+    assert decoder.mask_pe is not None and not decoder.mask_pe.normalize
+    # Same weights without the option: the kernels' dot product differs by exactly
+    # kernels . pos.
+    decoder.mask_pe = None
+    with torch.no_grad():
+        images = model.preprocess_image(synthetic_batch([(64, 64), (64, 64)], [2, 1]))
+        plain = decoder(model.backbone(images.tensor), model.pixel_decoder)
+    assert not torch.allclose(plain["pred_masks"], out["pred_masks"])
+    assert torch.equal(plain["pred_logits"], out["pred_logits"])
+
+
+# ------------------------------------------------------------------ criterion
+
+
+def _criterion(**kwargs):
+    from iaunet_d2.modeling.matcher import HungarianMatcher
+
+    cfg = small_iaunet_cfg()
+    return IAUNetSetCriterion(
+        num_classes=1, matcher=HungarianMatcher(cfg), num_points=256, **kwargs
+    )
+
+
+def test_dense_mask_loss_equals_a_direct_computation_on_every_pixel():
+    torch.manual_seed(1)
+    criterion = _criterion(mask_loss="dense")
+    pred = torch.randn(1, 3, 8, 8)
+    targets = [{"labels": torch.zeros(2, dtype=torch.int64),
+                "masks": (torch.rand(2, 32, 32) > 0.5).float()}]
+    indices = [(torch.tensor([2, 0]), torch.tensor([1, 0]))]
+    num_masks = torch.tensor(2.0)
+    bce, dice = criterion.loss_masks(pred, targets, indices, num_masks)
+
+    up = F.interpolate(pred[0, [2, 0]][:, None], size=(32, 32), mode="bilinear",
+                       align_corners=False)[:, 0].flatten(1)
+    tgt = targets[0]["masks"][[1, 0]].flatten(1)
+    expected_bce = sum(F.binary_cross_entropy_with_logits(up[k], tgt[k]) for k in range(2)) / 2
+    prob = up.sigmoid()
+    expected_dice = sum(
+        1 - (2 * (prob[k] * tgt[k]).sum() + 1) / (prob[k].sum() + tgt[k].sum() + 1) for k in range(2)
+    ) / 2
+    assert bce.item() == pytest.approx(expected_bce.item(), rel=1e-5)
+    assert dice.item() == pytest.approx(expected_dice.item(), rel=1e-5)
+    assert bce.item() == pytest.approx(sigmoid_bce_loss(up, tgt, num_masks).item(), rel=1e-6)
+    assert dice.item() == pytest.approx(dice_loss(up, tgt, num_masks).item(), rel=1e-6)
+
+
+def test_activation_map_loss_is_minus_log_mass_inside_the_target():
+    criterion = _criterion(activation_map_weight=1.0)
+    masks = torch.zeros(1, 32, 32)
+    masks[0, :16, :16] = 1.0  # the top-left quarter
+    targets = [{"labels": torch.zeros(1, dtype=torch.int64), "masks": masks}]
+    indices = [(torch.tensor([1]), torch.tensor([0]))]
+    uniform = torch.full((1, 2, 4, 4), 1 / 16)
+    inside = torch.zeros(1, 2, 4, 4)
+    inside[0, 1, 0, 0] = 1.0
+    num_masks = torch.tensor(1.0)
+    loss_uniform = criterion.loss_activation_maps([uniform], targets, indices, num_masks)
+    loss_inside = criterion.loss_activation_maps([uniform, inside], targets, indices, num_masks)
+    assert loss_uniform.item() == pytest.approx(-math.log(0.25), rel=1e-5)
+    # Mean over levels: (-log 0.25 + -log 1) / 2.
+    assert loss_inside.item() == pytest.approx(-math.log(0.25) / 2, rel=1e-5)
+
+
+def test_activation_map_loss_trains_with_the_model():
+    cfg = small_iaunet_cfg(ACTIVATION_MAP_WEIGHT=0.5)
+    model = build_model(cfg)
+    model.train()
+    losses = model(synthetic_batch([(64, 64), (64, 64)], [3, 2]))
+    assert losses["loss_activation"].item() > 0
+    sum(losses.values()).backward()
+    ia_conv = model.transformer_decoder.ia_layers[0].conv.weight
+    assert ia_conv.grad.abs().sum() > 0
+
+
+# ------------------------------------------------------------------ optimizer
+
+
+def test_embeddings_and_norms_get_their_own_weight_decay():
+    cfg = build_config(DEMO_MASK_RCNN, ["SOLVER.WEIGHT_DECAY", "0.05", "SOLVER.WEIGHT_DECAY_EMBED",
+                                        "0.0", "SOLVER.WEIGHT_DECAY_NORM", "0.01",
+                                        "SOLVER.BACKBONE_MULTIPLIER", "0.1",
+                                        "SOLVER.BASE_LR", "0.01"], prepare_data=False)
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.backbone = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.LayerNorm(3))
+            self.queries = torch.nn.Embedding(4, 3)
+            self.head = torch.nn.Linear(3, 1)
+
+    net = Net()
+    optimizer = build_optimizer(cfg, net)
+    hyper = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups
+             for p in g["params"]}
+    assert len(hyper) == len(list(net.parameters()))
+    assert hyper[id(net.queries.weight)] == pytest.approx((0.01, 0.0))
+    assert hyper[id(net.head.weight)] == pytest.approx((0.01, 0.05))
+    assert hyper[id(net.backbone[0].weight)] == pytest.approx((0.001, 0.05))
+    assert hyper[id(net.backbone[1].weight)] == pytest.approx((0.001, 0.01))
+
+
+def test_dense_targets_mark_foreground_and_the_border_between_touching_cells():
+    masks = torch.zeros(2, 8, 8)
+    masks[0, 2:6, 0:4] = 1.0  # two 4x4 squares side by side, touching at x = 3 | 4
+    masks[1, 2:6, 4:8] = 1.0
+    target = IAUNetSetCriterion.dense_targets([{"masks": masks}], (8, 8))[0]
+    fg, border = target
+    assert torch.equal(fg, masks.amax(0))
+    # Every pixel of a square but its 2x2 (left) / 2x2 (right) interior... borders include
+    # the image edge side and the shared edge, so both columns 3 and 4 are border.
+    assert border[2:6, 3].eq(1).all() and border[2:6, 4].eq(1).all()
+    assert border[3:5, 1:3].eq(0).all() and border[3:5, 5:7].eq(0).all()
+    assert border[0:2].eq(0).all() and border[6:].eq(0).all()
+    # Average pooling to 1/4 gives coverage fractions.
+    pooled = IAUNetSetCriterion.dense_targets([{"masks": masks}], (2, 2))[0]
+    assert pooled[0].tolist() == [[0.5, 0.5], [0.5, 0.5]]
+
+
+def test_dense_loss_trains_with_the_model_and_is_absent_at_inference():
+    cfg = small_iaunet_cfg(DENSE_WEIGHT=1.0)
+    model = build_model(cfg)
+    model.train()
+    losses = model(synthetic_batch([(64, 64), (64, 64)], [3, 0]))
+    assert 0.3 < losses["loss_dense"].item() < 2.0
+    sum(losses.values()).backward()
+    assert model.transformer_decoder.dense_head.weight.grad.abs().sum() > 0
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image(synthetic_batch([(64, 64)], [1]))
+        out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
+    assert "pred_dense" not in out

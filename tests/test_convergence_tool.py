@@ -1,0 +1,136 @@
+"""tools/convergence.py: fairness checks, metrics parsing, tables and chart, a tiny run."""
+import csv
+import importlib.util
+import json
+import os
+
+import pytest
+
+from train_utils import DEMO_MASK_RCNN, REPO_ROOT
+
+DEMO_IAUNET_SMALL = os.path.join(REPO_ROOT, "configs", "demo", "iaunet_R18_small.yaml")
+
+
+def _tool():
+    path = os.path.join(REPO_ROOT, "tools", "convergence.py")
+    spec = importlib.util.spec_from_file_location("_tool_convergence", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_runs_with_different_batch_or_input_size_are_refused(tmp_path, capsys):
+    tool = _tool()
+    # The two demo configs differ in input size (192 vs 128) and batch (2 vs 4).
+    with pytest.raises(SystemExit, match="runs differ in INPUT.IMAGE_SIZE"):
+        tool.main(["--run", "mrcnn", DEMO_MASK_RCNN, "--run", "iaunet", DEMO_IAUNET_SMALL,
+                   "--iters", "10", "--output", str(tmp_path / "c"), "--no-train"])
+    with pytest.raises(SystemExit, match="runs differ in SOLVER.IMS_PER_BATCH"):
+        tool.main(["--run", "mrcnn", DEMO_MASK_RCNN, "--run", "iaunet", DEMO_IAUNET_SMALL,
+                   "--iters", "10", "--set", "INPUT.IMAGE_SIZE", "128",
+                   "--output", str(tmp_path / "c"), "--no-train"])
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--run", "a"], "needs a label and a config file"),
+    (["--run", "a", "missing.yaml"], "does not exist"),
+    (["--run", "a", DEMO_IAUNET_SMALL, "MODEL.IAUNET.NUM_QUERIES"], "KEY VALUE pairs"),
+    (["--run", "a", DEMO_IAUNET_SMALL, "--run", "a", DEMO_IAUNET_SMALL], "two runs are labelled"),
+    (["--run", "a", DEMO_IAUNET_SMALL, "MODEL.IAUNET.NO_SUCH_KEY", "1"], "NO_SUCH_KEY"),
+    (["--run", "a", DEMO_IAUNET_SMALL, "--allow-different", "MODEL.WEIGHTS"], "not among"),
+])
+def test_bad_arguments_end_in_one_line(tmp_path, argv, message):
+    tool = _tool()
+    with pytest.raises(SystemExit, match=message):
+        tool.main(argv + ["--iters", "4", "--output", str(tmp_path / "c"), "--no-train"])
+
+
+def test_read_curve_takes_evaluations_and_skips_a_cut_line(tmp_path):
+    tool = _tool()
+    path = tmp_path / "metrics.json"
+    lines = [
+        {"iteration": 19, "total_loss": 3.0},
+        {"iteration": 49, "segm/AP": 10.0, "segm/AP50": 20.0, "segm/AP75": 5.0},
+        {"iteration": 99, "total_loss": 2.0},
+        {"iteration": 100, "segm/AP": 30.0, "segm/AP50": 60.0, "segm/AP75": 25.0},
+    ]
+    path.write_text("\n".join(json.dumps(r) for r in lines) + '\n{"iteration": 10')
+    curve = tool.read_curve(str(path), max_iter=100)
+    assert [p["iter"] for p in curve] == [50, 100]
+    assert [p["AP"] for p in curve] == [10.0, 30.0]
+    assert curve[1]["AP50"] == 60.0
+
+
+def _result(label, seed, aps, seconds=10.0):
+    curve = [{"iter": 100 * (i + 1), "AP": ap, "AP50": 2 * ap, "AP75": ap / 2}
+             for i, ap in enumerate(aps)]
+    return {"label": label, "seed": seed, "seconds": seconds, "curve": curve, "final": curve[-1],
+            "config": "c.yaml", "opts": []}
+
+
+def test_tables_and_chart_from_results(tmp_path):
+    tool = _tool()
+    data = {
+        "command": "python tools/convergence.py ...", "setting": "demo", "seeds": [1, 2],
+        "device": "cpu", "title": "t", "labels": ["base", "other"],
+        "results": [_result("base", 1, [10.0, 40.0]), _result("base", 2, [20.0, 60.0], 20.0),
+                    _result("other", 1, [5.0, 20.0], 30.0), _result("other", 2, [5.0, 30.0], 30.0)],
+        "missing": ["other seed 3: no finished run"],
+    }
+    prefix = str(tmp_path / "out")
+    text = tool.write_outputs(data, prefix)
+    # Mean over seeds, per-seed values, ratio to the first model, time ratio.
+    assert "| base | 50.0 | 40.0 / 60.0 | 100.0 | 25.0 | 1.00 | 1.00 |" in text
+    assert "| other | 25.0 | 20.0 / 30.0 | 50.0 | 12.5 | 0.50 | 2.00 |" in text
+    assert "| base | 15.0 | 50.0 |" in text  # the per-evaluation table
+    assert "Not finished, left out: other seed 3" in text
+    with open(prefix + ".csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and rows[0]["model"] == "base" and rows[0]["iteration"] == "100"
+    assert open(prefix + ".png", "rb").read(4) == b"\x89PNG"
+
+
+def test_replot_rewrites_from_json_and_needs_it(tmp_path):
+    tool = _tool()
+    prefix = str(tmp_path / "out")
+    with pytest.raises(SystemExit, match="needs .*out.json"):
+        tool.main(["--replot", "--output", prefix])
+    data = {"command": "c", "setting": "s", "seeds": [1], "device": "cpu", "title": "",
+            "labels": ["a"], "results": [_result("a", 1, [1.0, 2.0])]}
+    with open(prefix + ".json", "w") as f:
+        json.dump(data, f)
+    assert tool.main(["--replot", "--output", prefix, "--title", "new"]) == 0
+    assert "| a | 2.0 | 2.0 |" in open(prefix + ".md").read()
+
+
+def test_no_train_without_finished_runs_writes_nothing(tmp_path, capsys):
+    tool = _tool()
+    prefix = str(tmp_path / "out")
+    rc = tool.main(["--run", "a", DEMO_IAUNET_SMALL, "--iters", "4", "--output", prefix,
+                    "--no-train"])
+    assert rc == 1
+    assert "no finished run" in capsys.readouterr().err
+    assert not os.path.exists(prefix + ".md")
+
+
+def test_a_tiny_run_trains_evaluates_twice_and_is_reused(tmp_path):
+    tool = _tool()
+    prefix = str(tmp_path / "out")
+    argv = ["--run", "tiny", DEMO_IAUNET_SMALL, "MODEL.IAUNET.NUM_QUERIES", "5",
+            "MODEL.RESNETS.DEPTH", "18", "MODEL.IAUNET.DIM_FEEDFORWARD", "64",
+            "--seeds", "3", "--iters", "2", "--eval-period", "1",
+            "--set", "INPUT.IMAGE_SIZE", "64", "DATALOADER.NUM_WORKERS", "0",
+            "TEST.EVAL_TASKS", "['segm']", "--output", prefix]
+    assert tool.main(argv) == 0
+    with open(prefix + ".json") as f:
+        data = json.load(f)
+    (result,) = data["results"]
+    assert [p["iter"] for p in result["curve"]] == [1, 2]
+    assert all(0.0 <= p["AP"] <= 100.0 for p in result["curve"])
+    run_dir = os.path.join(prefix + "_runs", "tiny", "seed3")
+    assert os.path.isfile(os.path.join(run_dir, tool.DONE_FILE))
+    # A second call reuses the finished run instead of training again.
+    log = os.path.join(run_dir, "train_net.log")
+    os.remove(log)
+    assert tool.main(argv) == 0
+    assert not os.path.exists(log)
