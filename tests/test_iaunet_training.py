@@ -11,9 +11,10 @@ from train_utils import REPO_ROOT
 
 DEMO_IAUNET_SMALL = os.path.join(REPO_ROOT, "configs", "demo", "iaunet_R18_small.yaml")
 ITERATIONS = 200
-# With these settings an untrained model scores AP50 below 2; 80-120 iterations gave
-# 5-10 (too close to call), the demo's full 200 iterations 41-45 in our runs.
-AP50_FLOOR = 20.0
+# With these settings an untrained model scores AP50 below 2. The demo's 200 iterations
+# gave AP50 37-46 with the paper's training (docs/convergence), 55-59 with the current
+# defaults (auxiliary losses, content embedding, ...), seeds 1 and 2.
+AP50_FLOOR = 40.0
 
 
 def test_iaunet_loss_falls_and_ap50_rises_on_cells_demo(tmp_path):

@@ -173,3 +173,27 @@ def test_empty_result_is_valid_instances():
     inst = _call(logits, torch.full_like(masks, -10.0))
     fields = {"pred_masks", "scores", "pred_classes", "pred_boxes", "pred_query_idx"}
     assert len(inst) == 0 and set(inst.get_fields()) == fields
+
+
+def test_empty_and_whole_image_masks_are_never_detections():
+    logits, masks = _predictions()
+    masks[0] = 10.0  # query 0: the whole (64 x 48) image, best class score
+    masks[2] = -10.0  # query 2: empty
+    for thresh in (0.01, 0.0):  # even with no score threshold at all
+        inst = _call(logits, masks, score_thresh=thresh)
+        kept = inst.pred_query_idx.tolist()
+        assert 0 not in kept and 2 not in kept
+        assert 4 in kept and 6 in kept
+        areas = inst.pred_masks.flatten(1).sum(1)
+        assert (areas > 0).all() and (areas < 128 * 96).all()
+
+
+def test_masks_that_vanish_at_the_output_size_are_dropped():
+    logits, masks = _predictions()
+    masks[4] = -10.0
+    masks[4, 5, 5] = 10.0  # a one-pixel blob at 1/4: a few pixels at the input size
+    assert 4 in _call(logits, masks, image_size=(64, 64), output_size=(64, 64)).pred_query_idx
+    inst = _call(logits, masks, image_size=(64, 64), output_size=(8, 8))
+    assert 4 not in inst.pred_query_idx.tolist()
+    assert inst.pred_masks.flatten(1).any(1).all()
+    assert len(inst.scores) == len(inst.pred_query_idx) == len(inst.pred_boxes)

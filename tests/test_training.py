@@ -297,3 +297,26 @@ def test_train_net_eval_only_with_truncated_weights_ends_with_the_file_name(tmp_
     assert proc.returncode == 1, output[-3000:]
     last_line = output.strip().splitlines()[-1]
     assert last_line.startswith("error: Cannot read checkpoint") and str(weights) in last_line
+
+
+@pytest.mark.parametrize("config_file, key", [
+    (DEMO_MASK_RCNN, "MODEL.ROI_HEADS.SCORE_THRESH_TEST"),
+    (os.path.join(REPO_ROOT, "configs", "demo", "iaunet_R50.yaml"), "MODEL.IAUNET.TEST.SCORE_THRESH"),
+])
+def test_evaluation_that_found_nothing_says_so(tmp_path, caplog, config_file, key):
+    cfg = build_config(config_file, ["OUTPUT_DIR", str(tmp_path)])
+    inputs, outputs = _val_ground_truth()
+    for out in outputs:
+        out["instances"] = out["instances"][:0]
+    with caplog.at_level("WARNING", logger="iaunet_d2.evaluation"):
+        _evaluate(cfg, inputs, outputs)
+    messages = [r.getMessage() for r in caplog.records if r.name == "iaunet_d2.evaluation"]
+    assert len(messages) == 1
+    assert messages[0].startswith(f"0 instances above {key} = ")
+    assert "16 images of cells_demo_val" in messages[0]
+    # A model that found something gets no such warning.
+    caplog.clear()
+    inputs, outputs = _val_ground_truth()
+    with caplog.at_level("WARNING", logger="iaunet_d2.evaluation"):
+        _evaluate(cfg, inputs, outputs)
+    assert not [r for r in caplog.records if r.name == "iaunet_d2.evaluation"]

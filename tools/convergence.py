@@ -332,7 +332,7 @@ def plot_curves(summary, path, title):
 
 def write_outputs(data, prefix):
     summary = summarize(data["results"], data["labels"])
-    header = [f"Command: `{data['command']}`", "",
+    header = ["Command:", "", "```bash", data["command"], "```", "",
               f"Every model: {data['setting']}; seeds {data['seeds']}; "
               f"device: {data['device']}. Band in the chart: the seeds' range."]
     if data.get("allowed_differences"):
