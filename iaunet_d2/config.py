@@ -86,6 +86,8 @@ def add_iaunet_config(cfg):
     cfg.MODEL.IAUNET.HEAD_INIT_STD = 0.01
     # Add the sine positional embedding of the pixels to the final mask features.
     cfg.MODEL.IAUNET.MASK_FEATURE_POS = True
+    # Location prior on each mask around its query's activation-map centroid.
+    cfg.MODEL.IAUNET.CENTER_PRIOR = False
     # Criterion and matcher
     cfg.MODEL.IAUNET.CLASS_WEIGHT = 1.0
     cfg.MODEL.IAUNET.DICE_WEIGHT = 2.0

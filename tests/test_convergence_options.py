@@ -245,3 +245,77 @@ def test_dense_loss_trains_with_the_model_and_is_absent_at_inference():
         images = model.preprocess_image(synthetic_batch([(64, 64)], [1]))
         out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
     assert "pred_dense" not in out
+
+
+def test_a_checkpoint_of_the_paper_decoder_loads_and_predicts_as_trained(tmp_path):
+    """A version-1 checkpoint (no content embedding, no mask positional features) loads
+    into a model built with today's defaults and gives the same masks."""
+    torch.manual_seed(0)
+    paper_cfg = small_iaunet_cfg(QUERY_CONTENT_EMBED=False, MASK_FEATURE_POS=False, MASK_DIM=32)
+    old = build_model(paper_cfg).eval()
+    state = old.state_dict()
+    state._metadata["transformer_decoder"]["version"] = 1  # as saved before version 2
+    path = tmp_path / "old.pth"
+    torch.save({"model": state}, path)
+
+    new = build_model(small_iaunet_cfg(MASK_DIM=32)).eval()
+    assert new.transformer_decoder.mask_pe is not None
+    from iaunet_d2.engine import AtomicCheckpointer
+
+    incompatible = AtomicCheckpointer(new)._load_model(torch.load(path, weights_only=False))
+    assert not incompatible.missing_keys and not incompatible.unexpected_keys
+    assert new.transformer_decoder.mask_pe is None
+    assert torch.count_nonzero(new.transformer_decoder.query_content.weight) == 0
+    batch = synthetic_batch([(64, 64)], [2])
+    with torch.no_grad():
+        outs = [m.transformer_decoder(m.backbone(m.preprocess_image(batch).tensor), m.pixel_decoder)
+                for m in (old, new)]
+    assert torch.allclose(outs[0]["pred_masks"], outs[1]["pred_masks"], atol=1e-5)
+    # Today's checkpoints carry version 2 and load unchanged.
+    assert new.state_dict()._metadata["transformer_decoder"]["version"] == 2
+
+
+def test_centroid_distance_is_measured_from_each_map_centre_of_mass():
+    from iaunet_d2.modeling.transformer_decoder.iaunet_transformer_decoder import (
+        _centroid_distance2,
+    )
+
+    maps = torch.zeros(1, 2, 4, 4)
+    maps[0, 0, 1, 2] = 1.0  # a point: pixel centre (y, x) = (-0.25, 0.25) on a 4x4 grid
+    maps[0, 1, :, :2] = 1 / 8  # the left half: centroid (0, -0.5)
+    d2 = _centroid_distance2(maps, (8, 8))
+    assert d2.shape == (1, 2, 8, 8)
+    # On the 8x8 grid, pixel centres are at (i + 0.5) / 8 * 2 - 1.
+    ys = (torch.arange(8) + 0.5) / 4 - 1
+    assert torch.allclose(d2[0, 0], (ys[:, None] + 0.25) ** 2 + (ys[None, :] - 0.25) ** 2)
+    assert torch.allclose(d2[0, 1], ys[:, None] ** 2 + (ys[None, :] + 0.5) ** 2)
+
+
+def test_center_prior_lowers_logits_away_from_the_activation_centroid():
+    torch.manual_seed(0)
+    cfg = small_iaunet_cfg(CENTER_PRIOR=True, DEEP_SUPERVISION=True)
+    model, out = _decoder_outputs(cfg)
+    decoder = model.transformer_decoder
+    assert decoder.center_scale is not None
+    losses_model = build_model(cfg).train()
+    losses = losses_model(synthetic_batch([(64, 64), (64, 64)], [3, 2]))
+    sum(losses.values()).backward()
+    assert losses_model.transformer_decoder.center_scale.bias.grad.abs() > 0
+    # A strong prior: masks fall off with the distance from the centroid.
+    with torch.no_grad():
+        decoder.center_scale.bias.fill_(5.0)
+    model.eval()
+    with torch.no_grad():
+        images = model.preprocess_image(synthetic_batch([(64, 64)], [1]))
+        strong = decoder(model.backbone(images.tensor), model.pixel_decoder)
+    maps = strong["activation_maps"][-1][0]  # (N, 16, 16)
+    masks = strong["pred_masks"][0]
+    for q in range(masks.shape[0]):
+        peak = masks[q].flatten().argmax()
+        # The best pixel of each mask lies within 3 pixels (1/4 grid) of its map's centroid.
+        from iaunet_d2.modeling.transformer_decoder.iaunet_transformer_decoder import (
+            _centroid_distance2,
+        )
+
+        d2 = _centroid_distance2(maps[q][None, None], (16, 16))[0, 0]
+        assert d2.flatten()[peak] <= (3 * 2 / 16) ** 2

@@ -14,6 +14,7 @@ At each pixel-decoder level (coarse to fine):
 Class logits and mask kernels come from the final N queries; masks are the dot product
 of the kernels with the pixel decoder's 1/4-resolution mask embeddings.
 """
+import logging
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -25,6 +26,8 @@ from torch import nn
 from ..pixel_decoder import LevelFeatures
 from .build import IAUNET_TRANSFORMER_DECODER_REGISTRY
 from .position_encoding import PositionEmbeddingSine
+
+logger = logging.getLogger(__name__)
 
 __all__ = [
     "AttentionLayer",
@@ -225,6 +228,23 @@ class DualPathDecoderLayer(nn.Module):
         return queries, inst, mask
 
 
+def _centroid_distance2(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Squared distance of every pixel of a ``size`` grid from each map's centroid.
+
+    Coordinates are pixel centres normalised to [-1, 1] on both grids, so maps of any
+    level's resolution place their centroid on the mask grid consistently.
+    maps: (B, N, h, w), each summing to 1 -> (B, N, size[0], size[1]).
+    """
+    def centres(n, ref):
+        return (torch.arange(n, device=ref.device, dtype=ref.dtype) + 0.5) / n * 2 - 1
+
+    h, w = maps.shape[-2:]
+    cy = (maps.sum(-1) * centres(h, maps)).sum(-1)  # (B, N)
+    cx = (maps.sum(-2) * centres(w, maps)).sum(-1)
+    ys, xs = centres(size[0], maps), centres(size[1], maps)
+    return (ys[:, None] - cy[..., None, None]) ** 2 + (xs[None, :] - cx[..., None, None]) ** 2
+
+
 class QueryDecoderLayer(nn.Module):
     """A query-only decoder layer: the queries attend to the instance pixels, then to
     each other, then FFN; the pixel features are left unchanged. Used for the extra
@@ -272,6 +292,10 @@ class IAUNetTransformerDecoder(nn.Module):
       finest level's size; otherwise an empty list.
     """
 
+    # 2: per-slot content embedding and mask positional features (see
+    # _load_from_state_dict for how version-1 checkpoints load).
+    _version = 2
+
     @configurable
     def __init__(
         self,
@@ -293,6 +317,7 @@ class IAUNetTransformerDecoder(nn.Module):
         head_init_std: float = 0.0,
         mask_feature_pos: bool = False,
         dense_head: bool = False,
+        center_prior: bool = False,
     ):
         """
         Args:
@@ -325,6 +350,11 @@ class IAUNetTransformerDecoder(nn.Module):
                 features, cell foreground and cell borders (``"pred_dense"``, for the
                 criterion's dense auxiliary loss): every pixel gets a target from the
                 first step, as an R-CNN's RPN gives every anchor one.
+            center_prior: add a location prior to each query's mask logits,
+                ``-s * (d / 0.05)^2``, d being the (normalised) distance of a pixel from
+                the centroid of the query's activation map and s >= 0 predicted from the
+                query: a mask can then be placed by its activation map, while a dot
+                product with the mask features must learn position from scratch.
         """
         super().__init__()
         if aux_mask_features not in _AUX_MASK_FEATURES:
@@ -371,6 +401,14 @@ class IAUNetTransformerDecoder(nn.Module):
 
         self.dense_head = nn.Conv2d(mask_dim, 2, kernel_size=1) if dense_head else None
 
+        if center_prior:
+            self.center_scale = nn.Linear(hidden_dim, 1)
+            nn.init.zeros_(self.center_scale.weight)
+            # softplus(-4) = 0.018: a weak prior at first, grown where it helps.
+            nn.init.constant_(self.center_scale.bias, -4.0)
+        else:
+            self.center_scale = None
+
         self.head_norm = nn.LayerNorm(hidden_dim)
         self.head_fc = nn.Linear(hidden_dim, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
@@ -406,13 +444,38 @@ class IAUNetTransformerDecoder(nn.Module):
             "head_init_std": ia.HEAD_INIT_STD,
             "mask_feature_pos": ia.MASK_FEATURE_POS,
             "dense_head": ia.DENSE_WEIGHT > 0,
+            "center_prior": ia.CENTER_PRIOR,
         }
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        # Checkpoints of version 1 (or without version, e.g. converted from elsewhere)
+        # come from the paper's decoder: no content embedding, no mask positional
+        # features. Load them as they were trained: a zero embedding adds nothing to the
+        # IA queries, and the positional features are switched off.
+        version = local_metadata.get("version", None)
+        content_key = prefix + "query_content.weight"
+        if (version is None or version < 2) and content_key not in state_dict:
+            if self.query_content is not None:
+                state_dict[content_key] = torch.zeros_like(self.query_content.weight)
+            if self.mask_pe is not None:
+                self.mask_pe = None
+                logger.warning(
+                    "Loading a transformer decoder checkpoint of version %s (before content "
+                    "embeddings): zero content embedding and no mask positional features, "
+                    "as it was trained.", version,
+                )
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def predict(
         self,
         queries: torch.Tensor,
         mask_features: torch.Tensor,
         out_size: Optional[Tuple[int, int]] = None,
+        activation_maps: Optional[torch.Tensor] = None,
     ) -> Dict[str, torch.Tensor]:
         """Class logits and mask logits from queries.
 
@@ -420,6 +483,8 @@ class IAUNetTransformerDecoder(nn.Module):
             queries: (B, N, hidden_dim).
             mask_features: (B, mask_dim, h, w) per-pixel mask embeddings.
             out_size: if given and different from (h, w), masks are bilinearly resized.
+            activation_maps: (B, N, h_l, w_l) the queries' activation maps, for the
+                center prior (any level's resolution).
         Returns:
             {"pred_logits": (B, N, C+1), "pred_masks": (B, N, h', w')}.
         """
@@ -427,6 +492,10 @@ class IAUNetTransformerDecoder(nn.Module):
         logits = self.class_embed(h)
         kernels = self.kernel_embed(h)
         masks = torch.einsum("bnd,bdhw->bnhw", kernels, mask_features)
+        if self.center_scale is not None and activation_maps is not None:
+            masks = masks - F.softplus(self.center_scale(h))[..., None] * _centroid_distance2(
+                activation_maps, masks.shape[-2:]
+            ) / 0.05 ** 2
         if out_size is not None and tuple(masks.shape[-2:]) != tuple(out_size):
             masks = F.interpolate(masks, size=out_size, mode="bilinear", align_corners=False)
         return {"pred_logits": logits, "pred_masks": masks}
@@ -456,7 +525,7 @@ class IAUNetTransformerDecoder(nn.Module):
         queries: Optional[torch.Tensor] = None
         activation_maps: List[torch.Tensor] = []
         # Intermediate query states and, for "level" auxiliary masks, their mask features.
-        intermediate: List[Tuple[torch.Tensor, Optional[torch.Tensor]]] = []
+        intermediate: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for level, skip in enumerate(skips):
             feats = pixel_decoder.forward_level(level, skip, prev)
             b, c, h, w = feats.inst.shape
@@ -488,24 +557,24 @@ class IAUNetTransformerDecoder(nn.Module):
             mask = mask.reshape(b, h, w, c).permute(0, 3, 1, 2)
             for layer in self.query_layers[level * k:(level + 1) * k]:
                 if supervise:
-                    intermediate.append((queries, mask))
+                    intermediate.append((queries, mask, maps))
                 queries = layer(queries, query_pos[:, :n], inst, pixel_pos)
             inst = inst.reshape(b, h, w, c).permute(0, 3, 1, 2)
             prev = LevelFeatures(feats.main, mask, inst)
             if supervise and level < self.num_levels - 1:
-                intermediate.append((queries, mask))
+                intermediate.append((queries, mask, maps))
 
         mask_features = pixel_decoder.mask_features(prev.mask)
         dense = self.dense_head(mask_features) if self.dense_head is not None and self.training else None
         if self.mask_pe is not None:
             mask_features = mask_features + self.mask_pe(mask_features)
-        out = self.predict(queries, mask_features)
+        out = self.predict(queries, mask_features, activation_maps=activation_maps[-1])
         out["activation_maps"] = activation_maps
         if dense is not None:
             out["pred_dense"] = dense
         out["aux_outputs"] = [
-            self.predict(q, mask_features) if self.aux_mask_features == "final"
-            else self.predict(q, pixel_decoder.mask_features(m), final_size)
-            for q, m in intermediate
+            self.predict(q, mask_features, activation_maps=a) if self.aux_mask_features == "final"
+            else self.predict(q, pixel_decoder.mask_features(m), final_size, activation_maps=a)
+            for q, m, a in intermediate
         ]
         return out
