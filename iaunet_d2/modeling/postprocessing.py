@@ -238,11 +238,14 @@ def predictions_to_instances(
     )
 
     scores = cand_prob * maskness[cand_to_query]
-    # An empty mask or one covering the whole image is never a cell (an untrained model
-    # predicts both), whatever its class score.
-    area = foreground.flatten(1).sum(1)
-    proper = (area > 0) & (area < h_img * w_img)
-    passing = (scores >= score_thresh) & proper[cand_to_query]
+    passing = scores >= score_thresh
+    if not torch.jit.is_tracing():
+        # An empty mask or one covering the whole image is never a cell (an untrained
+        # model predicts both), whatever its class score. Not while tracing for a FLOP
+        # count at full load: a random model's masks can all be such, and an output
+        # that no longer depends on the input would make the trace drop the network.
+        area = foreground.flatten(1).sum(1)
+        passing &= ((area > 0) & (area < h_img * w_img))[cand_to_query]
     if not passing.any():
         return _empty_instances((out_h, out_w), device)
     scores, cand_query, cand_class, cand_to_query = (
