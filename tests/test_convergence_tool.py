@@ -134,3 +134,12 @@ def test_a_tiny_run_trains_evaluates_twice_and_is_reused(tmp_path):
     os.remove(log)
     assert tool.main(argv) == 0
     assert not os.path.exists(log)
+
+
+def test_an_output_under_a_file_ends_in_one_line(tmp_path):
+    tool = _tool()
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    with pytest.raises(SystemExit, match=r"--output .*file: cannot write there"):
+        tool.main(["--run", "a", DEMO_IAUNET_SMALL, "--iters", "4",
+                   "--output", str(blocker / "out")])

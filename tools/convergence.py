@@ -359,8 +359,7 @@ def _device_name(runs):
 def main(argv=None):
     args = get_parser().parse_args(argv)
     prefix = args.output
-    if os.path.dirname(prefix):
-        os.makedirs(os.path.dirname(prefix), exist_ok=True)
+    _make_folder(os.path.dirname(prefix), "--output")
     if args.replot:
         if not os.path.isfile(prefix + ".json"):
             raise SystemExit(f"error: --replot needs {prefix}.json, which does not exist")
@@ -373,6 +372,8 @@ def main(argv=None):
 
     runs = plan_runs(args)
     work_dir = args.work_dir or prefix + "_runs"
+    if not args.no_train:
+        _make_folder(work_dir, "--work-dir")
     first = runs[0]["settings"]
     setting = (f"{first['DATASETS.TRAIN']} -> {first['DATASETS.TEST']}, "
                f"{first['INPUT.IMAGE_SIZE']} px, batch {first['SOLVER.IMS_PER_BATCH']}, "
@@ -416,6 +417,21 @@ def main(argv=None):
     print(write_outputs(data, prefix))
     print(f"wrote {prefix}.md, .csv, .json and .png")
     return 0
+
+
+def _make_folder(path, option):
+    """Create ``path`` (if given) and check that files can be written there; a problem
+    ends the tool with one line naming the option and the folder."""
+    if not path:
+        return
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, ".convergence_write_test")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        raise SystemExit(f"error: {option} {path}: cannot write there ({e.strerror or e})")
 
 
 def _quote(arg):

@@ -311,18 +311,17 @@ class IAUNetSetCriterion(nn.Module):
             activation_maps: list over levels of (B, N, h_l, w_l) maps, each summing to 1.
         """
         total = activation_maps[0].sum() * 0.0  # reaches every level's maps (DDP)
-        for maps in activation_maps:
-            for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
-                if pred_idx.numel() == 0:
-                    continue
+        for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
+            if pred_idx.numel() == 0:
+                continue
+            # The matched targets, gathered once for all levels: (K, 1, H, W).
+            matched = target["masks"][tgt_idx.to(target["masks"].device)][:, None].float()
+            for maps in activation_maps:
                 level_maps = maps[b][pred_idx.to(maps.device)]  # (K, h, w)
                 # Fraction of each map pixel covered by the target (exact average pooling:
                 # the padded input size is a multiple of every level's stride).
-                cover = F.adaptive_avg_pool2d(
-                    target["masks"][tgt_idx.to(target["masks"].device)][:, None].float(),
-                    level_maps.shape[-2:],
-                )[:, 0].to(level_maps.device)
-                mass = (level_maps.float() * cover).flatten(1).sum(1)
+                cover = F.adaptive_avg_pool2d(matched, level_maps.shape[-2:])[:, 0]
+                mass = (level_maps.float() * cover.to(level_maps.device)).flatten(1).sum(1)
                 total = total - torch.log(mass.clamp(min=1e-6)).sum()
         return total / (num_masks * len(activation_maps))
 

@@ -142,7 +142,8 @@ def _mask_probs(mask_logits: torch.Tensor, padded_size, image_size) -> torch.Ten
 
 
 def _foreground_and_maskness(mask_logits: torch.Tensor, padded_size, image_size, mask_thresh):
-    """Binary masks (K, h_img, w_img) bool and maskness (K,) fp32 of low-res mask logits.
+    """Binary masks (K, h_img, w_img) bool, maskness (K,) fp32 and foreground pixel counts
+    (K,) fp32 of low-res mask logits.
 
     maskness = mean probability over the pixels with probability > mask_thresh (0 if
     none). Without autograd the masks are processed in blocks of MASK_CHUNK_PIXELS
@@ -154,6 +155,7 @@ def _foreground_and_maskness(mask_logits: torch.Tensor, padded_size, image_size,
     foreground = torch.empty((num, int(image_size[0]), int(image_size[1])), dtype=torch.bool,
                              device=mask_logits.device)
     maskness = torch.empty(num, dtype=torch.float32, device=mask_logits.device)
+    area = torch.empty(num, dtype=torch.float32, device=mask_logits.device)
     for start in range(0, num, chunk):
         end = min(start + chunk, num)
         probs = _mask_probs(mask_logits[start:end], padded_size, image_size)
@@ -166,7 +168,8 @@ def _foreground_and_maskness(mask_logits: torch.Tensor, padded_size, image_size,
         fg_probs = threshold(probs, mask_thresh, 0.0)
         count = fg.flatten(1).sum(1, dtype=torch.float32)
         maskness[start:end] = fg_probs.flatten(1).sum(1) / count.clamp(min=1)
-    return foreground, maskness
+        area[start:end] = count
+    return foreground, maskness, area
 
 
 def _empty_instances(output_size, device) -> Instances:
@@ -233,7 +236,7 @@ def predictions_to_instances(
 
     # Masks once per distinct query (a query may be a candidate for several classes).
     queries, cand_to_query = torch.unique(cand_query, return_inverse=True)
-    foreground, maskness = _foreground_and_maskness(
+    foreground, maskness, area = _foreground_and_maskness(
         pred_masks[queries], tuple(padded_size), (h_img, w_img), mask_thresh
     )
 
@@ -244,7 +247,6 @@ def predictions_to_instances(
         # model predicts both), whatever its class score. Not while tracing for a FLOP
         # count at full load: a random model's masks can all be such, and an output
         # that no longer depends on the input would make the trace drop the network.
-        area = foreground.flatten(1).sum(1)
         passing &= ((area > 0) & (area < h_img * w_img))[cand_to_query]
     if not passing.any():
         return _empty_instances((out_h, out_w), device)

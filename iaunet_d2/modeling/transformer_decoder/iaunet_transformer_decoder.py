@@ -334,9 +334,9 @@ class IAUNetTransformerDecoder(nn.Module):
                 "level": to the mask features of the level that produced them,
                 upsampled (at level 0 these are 1/32 maps, coarser than most cells).
             query_content_embed: add a learnable per-slot content embedding to each
-                level's IA queries. IA queries start as near-identical global averages
-                (the activation maps are near-uniform at initialisation); the embedding
-                makes the N slots distinct from the first step.
+                level's IA queries, so that the N slots differ beyond their positional
+                embeddings (the activation maps, and so the pooled queries, are much
+                alike at initialisation). A zero embedding is the paper's IA query.
             query_layers_per_level: extra query-only layers (cross-attention to the
                 instance pixels -> self-attention -> FFN) after each level's dual-path
                 layer.
@@ -524,7 +524,8 @@ class IAUNetTransformerDecoder(nn.Module):
         prev: Optional[LevelFeatures] = None
         queries: Optional[torch.Tensor] = None
         activation_maps: List[torch.Tensor] = []
-        # Intermediate query states and, for "level" auxiliary masks, their mask features.
+        # Intermediate query states with their level's refined mask features (for "level"
+        # auxiliary masks) and activation maps (for the center prior).
         intermediate: List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = []
         for level, skip in enumerate(skips):
             feats = pixel_decoder.forward_level(level, skip, prev)
