@@ -13,7 +13,12 @@ project that knows about these fixes:
   it at module level in a few files. A placeholder module is registered whose ops
   raise a clear error naming the missing op if anything ever calls one. Mask R-CNN,
   PointRend and IAUNet use none of them.
+* ``detectron2.engine.defaults.create_ddp_model`` (what ``DefaultTrainer`` wraps its
+  model with) passes ``device_ids=[local rank]``, which DistributedDataParallel rejects
+  for a model on the CPU; for such a model it now passes no device ids, so multi-process
+  CPU training (gloo, ``iaunet_d2.engine.launch``) works.
 """
+import functools
 import importlib
 import sys
 import types
@@ -80,8 +85,29 @@ def _install_compiled_ops_placeholder():
     return False
 
 
+def _let_ddp_wrap_cpu_models():
+    defaults = importlib.import_module("detectron2.engine.defaults")
+    original = defaults.create_ddp_model
+    if getattr(original, "_iaunet_cpu_aware", False):
+        return
+
+    @functools.wraps(original)
+    def create_ddp_model(model, *args, **kwargs):
+        params = list(model.parameters())
+        if "device_ids" not in kwargs and params and all(p.device.type == "cpu" for p in params):
+            # DistributedDataParallel takes no device ids for a CPU module.
+            kwargs["device_ids"] = None
+        return original(model, *args, **kwargs)
+
+    create_ddp_model._iaunet_cpu_aware = True
+    defaults.create_ddp_model = create_ddp_model
+    # The package re-exports the name; keep both spellings on the fixed function.
+    importlib.import_module("detectron2.engine").create_ddp_model = create_ddp_model
+
+
 warnings.filterwarnings("ignore", message=r"`torch\.jit\.script` is deprecated",
                         category=FutureWarning)
 _alias_removed_pillow_names()
 _alias_removed_numpy_names()
 HAS_COMPILED_OPS = _install_compiled_ops_placeholder()
+_let_ddp_wrap_cpu_models()  # after the fixes above: importing the engine needs them

@@ -22,8 +22,14 @@ def add_iaunet_config(cfg):
     cfg.INPUT.FLIPS = ["horizontal", "vertical"]
     # Random 90-degree rotations in training (the authors' extra augmentation).
     cfg.INPUT.ROTATE_90 = False
-    # Take MODEL.PIXEL_MEAN / PIXEL_STD from the first training dataset's metadata.
+    # Take MODEL.PIXEL_MEAN / PIXEL_STD from the first training dataset: its metadata,
+    # else measured on its images (cached). MODEL.PIXEL_MEAN/STD set by the user win.
+    # Turned off in the resolved config, which then holds the values.
     cfg.INPUT.PIXEL_STATS_FROM_DATASET = True
+    # A lab's own data: a folder of images with label images (or one COCO json)
+    # registered as "folder_train" / "folder_val", replacing DATASETS.TRAIN / TEST.
+    cfg.DATASETS.TRAIN_DIR = ""
+    cfg.DATASETS.TEST_DIR = ""
 
     # ---------------------------------------------------------------- solver
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"

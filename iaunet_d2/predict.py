@@ -51,7 +51,9 @@ from detectron2.data import MetadataCatalog
 from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
-from .data.converters import IMAGE_EXTENSIONS, _crop_to_rle, tile_windows, write_json_atomic
+from .data.converters import (
+    IMAGE_EXTENSIONS, LABEL_SUFFIXES, _crop_to_rle, find_label_file, tile_windows, write_json_atomic,
+)
 from .data.dataset_mappers.cell_instance_mapper import build_cell_augmentations
 from .data.image_io import ImageReadError, read_image
 from .engine import AtomicCheckpointer, build_config
@@ -125,11 +127,18 @@ class ImagePrediction:
 
 # ----------------------------------------------------------------------------- inputs
 def collect_inputs(spec):
-    """Image files named by ``spec``: a file, a folder (its images, not recursive) or
-    a glob pattern. Returns a sorted list; raises PredictionError when empty."""
+    """Image files named by ``spec``: a file, a folder (its images, not recursive, without
+    the label images ``<name>_masks.tif`` etc. of its other images) or a glob pattern.
+    Returns a sorted list; raises PredictionError when empty."""
     if os.path.isdir(spec):
         paths = [os.path.join(spec, n) for n in os.listdir(spec)
                  if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, n))]
+        # A training-style folder keeps <name>_masks.tif next to <name>.tif: not an input.
+        labels = {os.path.abspath(p) for p in (find_label_file(p, spec, LABEL_SUFFIXES[1:]) for p in paths) if p}
+        if labels:
+            logger.info("--input '%s': left out %d label image(s) of other images (e.g. %s).",
+                        spec, len(labels), os.path.basename(sorted(labels)[0]))
+            paths = [p for p in paths if os.path.abspath(p) not in labels]
     elif os.path.isfile(spec):
         paths = [spec]
     else:

@@ -1,27 +1,39 @@
 """Building the run configuration for train_net.py and the tools."""
 import logging
+import os
 
 from detectron2.config import get_cfg
-from detectron2.data import MetadataCatalog
+from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
 from detectron2.projects.point_rend import add_pointrend_config
+from detectron2.utils import comm
+from detectron2.utils.logger import setup_logger
 
 from ..config import add_iaunet_config, apply_pretrained_policy
-from ..data.datasets import prepare_datasets
+from ..data.datasets import prepare_datasets, register_folder_datasets
+from ..data.pixel_stats import cached_pixel_stats
 
-__all__ = ["build_config", "setup_cfg"]
+__all__ = ["PixelStatsError", "build_config", "resolve_pixel_stats", "setup_cfg"]
 
 logger = logging.getLogger(__name__)
+
+_STATS_KEYS = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
+
+
+class PixelStatsError(ValueError):
+    """The config asks for dataset pixel statistics that cannot be obtained."""
 
 
 def build_config(config_file, opts=(), prepare_data=True):
     """Merge ``config_file`` and command-line ``opts`` into a frozen config.
 
-    With ``INPUT.PIXEL_STATS_FROM_DATASET`` on, MODEL.PIXEL_MEAN/STD are taken from the
-    registered metadata of the first dataset in DATASETS.TRAIN/TEST, the one place where
-    a dataset's statistics are recorded (no file is read for that). With
-    ``prepare_data`` those datasets are also checked on disk first: demo data is
-    generated, missing data raises ``DatasetNotFoundError``.
+    Folders of ``DATASETS.TRAIN_DIR`` / ``TEST_DIR`` are registered (see
+    :func:`~iaunet_d2.data.datasets.register_folder_datasets`). With
+    ``prepare_data`` the datasets are also checked on disk first: demo data is
+    generated, label folders are converted, missing data raises
+    ``DatasetNotFoundError`` / ``DatasetError``. Pixel statistics are then resolved
+    by :func:`resolve_pixel_stats`, so the returned config (and the ``config.yaml`` a
+    run saves) holds the values the model is trained and used with.
     """
     cfg = get_cfg()
     add_pointrend_config(cfg)
@@ -29,21 +41,62 @@ def build_config(config_file, opts=(), prepare_data=True):
     cfg.merge_from_file(config_file)
     cfg.merge_from_list(list(opts))
     apply_pretrained_policy(cfg)
-    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    register_folder_datasets(cfg, prepare=prepare_data)
     if prepare_data:
-        prepare_datasets(names)
-    if cfg.INPUT.PIXEL_STATS_FROM_DATASET and names:
-        meta = MetadataCatalog.get(names[0])
-        if meta.get("pixel_mean") is None:
-            raise ValueError(
-                f"INPUT.PIXEL_STATS_FROM_DATASET is on but dataset '{names[0]}' has no "
-                "pixel_mean/pixel_std metadata; set MODEL.PIXEL_MEAN/PIXEL_STD and "
-                "INPUT.PIXEL_STATS_FROM_DATASET False."
-            )
-        cfg.MODEL.PIXEL_MEAN = [float(v) for v in meta.pixel_mean]
-        cfg.MODEL.PIXEL_STD = [float(v) for v in meta.pixel_std]
+        prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    resolve_pixel_stats(cfg, given=any(k in _STATS_KEYS for k in list(opts)[::2]), measure=prepare_data)
     cfg.freeze()
     return cfg
+
+
+def resolve_pixel_stats(cfg, given=False, measure=True):
+    """Fill MODEL.PIXEL_MEAN/STD when ``INPUT.PIXEL_STATS_FROM_DATASET`` is on (config
+    not frozen), then turn that flag off.
+
+    Order: values set by the user (``given``, or any value other than Detectron2's
+    default) win; else the first dataset of DATASETS.TRAIN (then TEST) provides them
+    from its metadata (the project's table, or values measured earlier in this
+    process); else, with ``measure``, they are measured on its images and cached (in
+    the folder's cache for ``--train-dir`` data, else ``OUTPUT_DIR/pixel_stats.json``).
+
+    Raises:
+        PixelStatsError: no dataset to take them from, or not allowed to measure.
+    """
+    if not cfg.INPUT.PIXEL_STATS_FROM_DATASET:
+        return
+    defaults = get_cfg().MODEL
+    if given or list(cfg.MODEL.PIXEL_MEAN) != list(defaults.PIXEL_MEAN) or \
+            list(cfg.MODEL.PIXEL_STD) != list(defaults.PIXEL_STD):
+        logger.info("Pixel statistics as configured: mean %s, std %s.",
+                    list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD))
+        cfg.INPUT.PIXEL_STATS_FROM_DATASET = False
+        return
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    hint = ("use the config.yaml saved in the training run's OUTPUT_DIR, or set "
+            "MODEL.PIXEL_MEAN and MODEL.PIXEL_STD")
+    if not names:
+        raise PixelStatsError(
+            "The config names no dataset (DATASETS.TRAIN / TEST are empty): give the data "
+            "with --train-dir DIR [--val-dir DIR] (train_net.py) or DATASETS.TRAIN_DIR; for "
+            f"prediction {hint}."
+        )
+    name = names[0]
+    meta = MetadataCatalog.get(name)
+    if meta.get("pixel_mean") is None:
+        if not measure:
+            raise PixelStatsError(
+                f"Dataset '{name}' has no recorded pixel statistics and they are not "
+                f"measured here; {hint}."
+            )
+        files = [record["file_name"] for record in DatasetCatalog.get(name)]
+        cache = meta.get("pixel_stats_cache") or os.path.join(cfg.OUTPUT_DIR, "pixel_stats.json")
+        mean, std = cached_pixel_stats(files, cache, image_format=cfg.INPUT.FORMAT)
+        meta.set(pixel_mean=mean, pixel_std=std)
+    cfg.MODEL.PIXEL_MEAN = [float(v) for v in meta.pixel_mean]
+    cfg.MODEL.PIXEL_STD = [float(v) for v in meta.pixel_std]
+    cfg.INPUT.PIXEL_STATS_FROM_DATASET = False
+    logger.info("Pixel statistics of dataset '%s': mean %s, std %s.", name,
+                cfg.MODEL.PIXEL_MEAN, cfg.MODEL.PIXEL_STD)
 
 
 def setup_cfg(args):
@@ -51,4 +104,8 @@ def setup_cfg(args):
     setup (output folder, logging, seeding, saved config)."""
     cfg = build_config(args.config_file, args.opts)
     default_setup(cfg, args)
+    # The project's own messages (data checks, skipped images) go where Detectron2's go.
+    setup_logger(cfg.OUTPUT_DIR, distributed_rank=comm.get_rank(), name="iaunet_d2",
+                 abbrev_name="iaunet_d2")
+    logger.info("Pixel statistics: mean %s, std %s.", list(cfg.MODEL.PIXEL_MEAN), list(cfg.MODEL.PIXEL_STD))
     return cfg

@@ -1,18 +1,25 @@
 """Detectron2 trainer for cell instance segmentation (IAUNet and the R-CNN baselines)."""
+import logging
 import math
 import os
 import time
 
 import torch
-from detectron2.data import build_detection_test_loader, build_detection_train_loader
 from detectron2.engine import DefaultTrainer, SimpleTrainer
+from detectron2.utils import comm
+from torch.nn.parallel import DistributedDataParallel
 
+from ..data.build import build_cell_test_loader, build_cell_train_loader
 from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import build_coco_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import AtomicCheckpointer
 
 __all__ = ["Trainer", "FiniteLossTrainer"]
+
+# Detectron2's logger: default_setup gives it the console and OUTPUT_DIR/log.txt handlers,
+# so the replica check lands next to the trainer's own messages.
+logger = logging.getLogger("detectron2")
 
 
 class FiniteLossTrainer(SimpleTrainer):
@@ -79,6 +86,33 @@ class Trainer(DefaultTrainer):
         super().train()
         return getattr(self, "_last_eval_results", None)
 
+    def after_train(self):
+        super().after_train()
+        # Also runs when training raised; the other processes may then never reach the
+        # all-gather, so only a run that finished its iterations is checked.
+        if comm.get_world_size() > 1 and self.iter >= self.max_iter:
+            self._check_replicas_in_sync()
+
+    def _check_replicas_in_sync(self):
+        """Compare a float64 parameter checksum across processes; DDP keeps them equal."""
+        model = self._trainer.model
+        if isinstance(model, DistributedDataParallel):
+            model = model.module
+        with torch.no_grad():
+            checksum = float(sum(p.detach().double().sum().cpu() for p in model.parameters()))
+        checksums = comm.all_gather(checksum)
+        differing = [rank for rank, value in enumerate(checksums)
+                     if not math.isclose(value, checksums[0], rel_tol=1e-9)]
+        if differing:
+            raise RuntimeError(
+                "Replicas diverged during training: parameter checksum of rank 0 is "
+                f"{checksums[0]!r}, ranks {differing} have "
+                f"{[checksums[r] for r in differing]!r}."
+            )
+        if comm.is_main_process():
+            logger.info("Replicas in sync after training: parameter checksum %r on all %d "
+                        "processes", checksum, len(checksums))
+
     def build_hooks(self):
         # Called from DefaultTrainer.__init__ before the hooks capture the checkpointer.
         self.checkpointer = AtomicCheckpointer(
@@ -88,13 +122,11 @@ class Trainer(DefaultTrainer):
 
     @classmethod
     def build_train_loader(cls, cfg):
-        return build_detection_train_loader(cfg, mapper=build_dataset_mapper(cfg, True))
+        return build_cell_train_loader(cfg, build_dataset_mapper(cfg, True))
 
     @classmethod
     def build_test_loader(cls, cfg, dataset_name):
-        return build_detection_test_loader(
-            cfg, dataset_name, mapper=build_dataset_mapper(cfg, False)
-        )
+        return build_cell_test_loader(cfg, dataset_name, build_dataset_mapper(cfg, False))
 
     @classmethod
     def build_evaluator(cls, cfg, dataset_name, output_folder=None):

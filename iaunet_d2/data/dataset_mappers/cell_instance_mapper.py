@@ -132,10 +132,11 @@ class CellInstanceDatasetMapper:
             Instances whose mask vanishes after cropping are dropped; an image left
             with none gets empty Instances (N = 0), which the models handle.
 
-    Errors: an unreadable or corrupt image (:class:`ImageReadError`) in training logs a
-    warning naming the file and returns ``None``, so Detectron2's ``MapDataset`` tries
-    another image; at test time the error is raised, because every test image must be
-    evaluated.
+    Errors: an unreadable or corrupt image (:class:`ImageReadError`), or one whose size
+    differs from the annotation's (``SizeMismatchError``), in training logs a warning
+    naming the file and returns ``None``, so the loader
+    (:class:`~iaunet_d2.data.validation.SkipUnreadable`) takes another image; at test
+    time the error is raised, because every test image must be evaluated.
     """
 
     @configurable
@@ -176,12 +177,13 @@ class CellInstanceDatasetMapper:
         dataset_dict = copy.deepcopy(dataset_dict)  # the dataset's copy stays untouched
         try:
             image = read_image(dataset_dict["file_name"], format=self.image_format)
-        except ImageReadError as e:
+            utils.check_image_size(dataset_dict, image)  # also fills height/width if absent
+        except (ImageReadError, utils.SizeMismatchError) as e:
             if not self.is_train:
                 raise
-            logger.warning("Skipping an unreadable training image: %s", e)
+            # The masks of an image of another size would be misplaced: never train on it.
+            logger.warning("Skipping a training image: %s", e)
             return None
-        utils.check_image_size(dataset_dict, image)  # also fills height/width if absent
 
         original_shape = image.shape[:2]
         aug_input = T.AugInput(image)

@@ -1,7 +1,8 @@
 """Cell datasets: registration of the paper's datasets and the synthetic demo.
 
 Importing this package registers every name of ``REGISTERED_DATASETS`` in
-Detectron2's ``DatasetCatalog`` / ``MetadataCatalog`` (without touching the disk).
+Detectron2's ``DatasetCatalog`` / ``MetadataCatalog`` (without touching the disk);
+``register_folder_datasets`` registers a lab's own folders named in the config.
 """
 from .cells_demo import ensure_cells_demo, generate_cells_demo, render_demo_image
 from .register_cells import (
@@ -15,18 +16,22 @@ from .register_cells import (
     prepare_dataset,
     prepare_datasets,
 )
+from .folder import FOLDER_DATASETS, describe_folder, register_folder_datasets
 
 __all__ = [
     "DATASETS",
+    "FOLDER_DATASETS",
     "REGISTERED_DATASETS",
     "CellDatasetSpec",
     "DatasetNotFoundError",
     "dataset_paths",
+    "describe_folder",
     "dataset_root",
     "ensure_cells_demo",
     "generate_cells_demo",
     "load_cell_dataset",
     "prepare_dataset",
     "prepare_datasets",
+    "register_folder_datasets",
     "render_demo_image",
 ]

@@ -264,16 +264,34 @@ def _check_files(name):
 def prepare_dataset(name):
     """Make a split ready for training or evaluation under the current root.
 
-    Generates the demo data when ``name`` is a demo split, otherwise checks that the
-    annotation file and image folder exist, then points the split's metadata
-    (``json_file``, ``image_root``) at the current ``$DETECTRON2_DATASETS``.
+    For the project's names (:data:`REGISTERED_DATASETS`): generates the demo data when
+    ``name`` is a demo split, otherwise checks that the annotation file and image
+    folder exist, then points the split's metadata (``json_file``, ``image_root``) at
+    the current ``$DETECTRON2_DATASETS``. Any other name registered in Detectron2's
+    ``DatasetCatalog`` (e.g. with ``register_coco_instances``) is used as registered;
+    only the files its metadata names are checked.
 
     Raises:
-        DatasetNotFoundError: a file or folder of the split is missing.
-        KeyError: ``name`` is not one of :data:`REGISTERED_DATASETS`.
+        DatasetNotFoundError: a file or folder of the split is missing, or the name is
+            registered nowhere.
     """
-    _check_files(name)
-    _reset_metadata(name)
+    if name in _SPLITS:
+        _check_files(name)
+        _reset_metadata(name)
+        return
+    if name not in DatasetCatalog.list():
+        raise DatasetNotFoundError(
+            f"Dataset '{name}' is not registered. Use one of the project's datasets "
+            f"({', '.join(REGISTERED_DATASETS)}), your own folder (train_net.py --train-dir "
+            "DIR --val-dir DIR, see README 'Train on your own data'), or register it in "
+            "Detectron2's DatasetCatalog (e.g. register_coco_instances) before building the config."
+        )
+    meta = MetadataCatalog.get(name)
+    for key, what in (("json_file", "annotation file"), ("image_root", "image folder")):
+        path = meta.get(key)
+        exists = os.path.isdir if key == "image_root" else os.path.isfile
+        if path and not exists(path):
+            raise DatasetNotFoundError(f"Dataset '{name}': its {what} '{path}' does not exist.")
 
 
 def prepare_datasets(names):
