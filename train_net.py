@@ -26,16 +26,23 @@ from iaunet_d2.engine import (
     AtomicCheckpointer, CheckpointReadError, CheckpointWriteError, Trainer, build_config, launch,
     setup_cfg,
 )
-from iaunet_d2.engine.defaults import PixelStatsError
+from iaunet_d2.engine.defaults import ConfigError, PixelStatsError
+
+
+class SetupError(Exception):
+    """A problem with the command line that the user must fix (one line, exit 2)."""
 
 
 def main(args):
     cfg = setup_cfg(args)
     if args.eval_only:
         model = Trainer.build_model(cfg)
-        AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(
-            cfg.MODEL.WEIGHTS, resume=args.resume
-        )
+        checkpointer = AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR)
+        weights = cfg.MODEL.WEIGHTS
+        if args.resume and checkpointer.has_checkpoint():
+            weights = checkpointer.get_checkpoint_file()
+        # Strict: evaluating weights that do not fit would report a random model's AP.
+        checkpointer.load_weights(weights, strict=True)
         results = Trainer.test(cfg, model)
         if comm.is_main_process():
             verify_results(cfg, results)
@@ -46,19 +53,29 @@ def main(args):
     return trainer.train()
 
 
+def _is_local_path(path):
+    return "://" not in path
+
+
 def check_before_launch(args):
-    """Fail fast, in the launching process, on problems a user must fix first."""
+    """Fail fast, in the launching process, on problems a user must fix first.
+
+    Raises:
+        SetupError, ConfigError, DatasetNotFoundError, DatasetError, PixelStatsError.
+    """
     if args.num_machines > 1 and args.dist_url == "auto":
-        raise SystemExit("error: a multi-machine run needs --dist-url tcp://<address of machine 0>:<port>.")
+        raise SetupError("a multi-machine run needs --dist-url tcp://<address of machine 0>:<port>.")
     cfg = build_config(args.config_file, args.opts)
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
-        raise SystemExit(
-            "error: --eval-only needs trained weights: pass MODEL.WEIGHTS path/to/model.pth "
+        raise SetupError(
+            "--eval-only needs trained weights: pass MODEL.WEIGHTS path/to/model.pth "
             f"or --resume to load the last checkpoint in OUTPUT_DIR ({cfg.OUTPUT_DIR})."
         )
+    if cfg.MODEL.WEIGHTS and _is_local_path(cfg.MODEL.WEIGHTS) and not os.path.isfile(cfg.MODEL.WEIGHTS):
+        raise SetupError(f"MODEL.WEIGHTS '{cfg.MODEL.WEIGHTS}' not found.")
     if not args.eval_only and not cfg.DATASETS.TRAIN:
-        raise SystemExit(
-            f"error: '{args.config_file}' names no training data: pass --train-dir DIR "
+        raise SetupError(
+            f"'{args.config_file}' names no training data: pass --train-dir DIR "
             "(a folder of images and label images, or with one COCO json)."
         )
     return cfg
@@ -106,7 +123,7 @@ def cli(argv=None):
     project_logger.setLevel(logging.INFO)
     try:
         cfg = check_before_launch(args)
-    except (DatasetNotFoundError, DatasetError, PixelStatsError) as e:
+    except (SetupError, ConfigError, DatasetNotFoundError, DatasetError, PixelStatsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     finally:
@@ -122,10 +139,11 @@ def cli(argv=None):
             # CPU runs use gloo; otherwise NCCL on CUDA, as Detectron2 does.
             backend="gloo" if cfg.MODEL.DEVICE == "cpu" else None,
         )
-    except DatasetError as e:
+    except (DatasetError, CheckpointReadError) as e:
+        # Bad data or weights (WeightsMismatchError included): the user's to fix.
         print(f"error: {_last_line(e)}", file=sys.stderr)
         return 2
-    except (CheckpointReadError, CheckpointWriteError) as e:
+    except CheckpointWriteError as e:
         # The trainer has logged the traceback; end with the one line that says what to do.
         print(f"error: {e}", file=sys.stderr)
         return 1

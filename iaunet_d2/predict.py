@@ -58,6 +58,7 @@ from .data.dataset_mappers.cell_instance_mapper import build_cell_augmentations
 from .data.image_io import ImageReadError, read_image
 from .engine import AtomicCheckpointer, build_config
 from .engine.checkpoint import CheckpointReadError
+from .engine.checkpoint import WeightsMismatchError as CheckpointMismatch
 from .utils.file_io import atomic_write
 
 __all__ = [
@@ -195,52 +196,23 @@ def build_predict_config(config_file, weights=None, opts=()):
 
 
 def load_predictor(cfg):
-    """Build the model of ``cfg`` in eval mode and load ``cfg.MODEL.WEIGHTS`` strictly.
+    """Build the model of ``cfg`` in eval mode and load ``cfg.MODEL.WEIGHTS`` strictly
+    (:meth:`AtomicCheckpointer.load_weights`, the loader ``train_net.py --eval-only``
+    uses too).
 
     Raises:
         PredictionError: the weights file is missing or unreadable.
         WeightsMismatchError: parameters missing from the file, unexpected ones, or
             different shapes (the file was trained with another config).
     """
-    path = cfg.MODEL.WEIGHTS
-    if not os.path.isfile(path):
-        raise PredictionError(f"Weights file '{path}' not found.")
     model = build_model(cfg)
     model.eval()
-    checkpointer = AtomicCheckpointer(model)
     try:
-        checkpoint = checkpointer._load_file(path)
+        AtomicCheckpointer(model).load_weights(cfg.MODEL.WEIGHTS, strict=True)
+    except CheckpointMismatch as e:
+        raise WeightsMismatchError(str(e)) from e
     except CheckpointReadError as e:
         raise PredictionError(str(e)) from e
-    except Exception as e:  # e.g. a pickle of something else
-        raise PredictionError(f"Cannot read weights '{path}': {type(e).__name__}: {e}") from e
-    if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
-        raise PredictionError(f"Weights '{path}' hold no model state dict.")
-    # fvcore logs every incompatible key as a warning; the check below reports them.
-    ckpt_logger = logging.getLogger("fvcore.common.checkpoint")
-    level = ckpt_logger.level
-    ckpt_logger.setLevel(logging.ERROR)
-    try:
-        incompatible = checkpointer._load_model(checkpoint)
-    finally:
-        ckpt_logger.setLevel(level)
-    # BatchNorm's counter is harmless when the model uses frozen BN at test time.
-    unexpected = [k for k in incompatible.unexpected_keys if not k.endswith("num_batches_tracked")]
-    missing, shapes = list(incompatible.missing_keys), list(incompatible.incorrect_shapes)
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} model parameter(s) missing from the file (e.g. {missing[:3]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unknown to the model (e.g. {unexpected[:3]})")
-        if shapes:
-            k, got, want = shapes[0]
-            parts.append(f"{len(shapes)} with another shape (e.g. {k}: file {tuple(got)} vs model {tuple(want)})")
-        raise WeightsMismatchError(
-            f"Weights '{path}' do not match the {cfg.MODEL.META_ARCHITECTURE} model of the "
-            f"config: {'; '.join(parts)}. Use the config the weights were trained with "
-            "(the config.yaml in its OUTPUT_DIR) and the same overrides."
-        )
     return model
 
 

@@ -294,7 +294,7 @@ def test_train_net_eval_only_with_truncated_weights_ends_with_the_file_name(tmp_
             *tiny_rcnn_opts(tmp_path / "out"), "MODEL.WEIGHTS", str(weights)]
     proc = _train_net(args, dict(os.environ))
     output, _ = proc.communicate(timeout=300)
-    assert proc.returncode == 1, output[-3000:]
+    assert proc.returncode == 2, output[-3000:]
     last_line = output.strip().splitlines()[-1]
     assert last_line.startswith("error: Cannot read checkpoint") and str(weights) in last_line
 

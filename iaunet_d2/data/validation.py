@@ -141,11 +141,12 @@ def clean_dataset_dicts(dicts, name, *, num_classes, is_train, num_queries=None,
             continue
         height, width = record.get("height"), record.get("width")
         annotations = []
-        for anno in record.get("annotations", []):
+        for position, anno in enumerate(record.get("annotations", []), 1):
             category = anno.get("category_id", 0)
             if not 0 <= int(category) < num_classes:
+                which = anno.get("id", f"#{position}")  # its json id, else its place in the image
                 raise DatasetError(
-                    f"Dataset '{name}': annotation {anno.get('id', '?')} of '{file_name}' has "
+                    f"Dataset '{name}': annotation {which} of '{file_name}' has "
                     f"category {category}, but the model knows {num_classes} class(es) "
                     f"(0..{num_classes - 1}); set MODEL.IAUNET.NUM_CLASSES (IAUNet) or "
                     "MODEL.ROI_HEADS.NUM_CLASSES (R-CNN) to the dataset's number of categories."

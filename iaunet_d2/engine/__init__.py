@@ -1,5 +1,7 @@
 """Training, evaluation and configuration entry points."""
-from .checkpoint import AtomicCheckpointer, CheckpointReadError, CheckpointWriteError  # noqa: F401
+from .checkpoint import (  # noqa: F401
+    AtomicCheckpointer, CheckpointReadError, CheckpointWriteError, WeightsMismatchError,
+)
 from .defaults import build_config, setup_cfg  # noqa: F401
 from .launch import launch  # noqa: F401
 from .trainer import FiniteLossTrainer, Trainer  # noqa: F401

@@ -1,6 +1,6 @@
 """A checkpointer whose files are never half-written."""
+import logging
 import os
-import pickle
 import shutil
 
 import torch
@@ -8,11 +8,18 @@ from detectron2.checkpoint import DetectionCheckpointer
 
 from ..utils.file_io import atomic_write
 
-__all__ = ["AtomicCheckpointer", "CheckpointReadError", "CheckpointWriteError"]
+__all__ = [
+    "AtomicCheckpointer", "CheckpointReadError", "CheckpointWriteError", "WeightsMismatchError",
+    "check_weights_fit",
+]
 
 
 class CheckpointReadError(RuntimeError):
     """A checkpoint file exists but cannot be read."""
+
+
+class WeightsMismatchError(CheckpointReadError):
+    """A weights file that does not fit the model (another architecture or config)."""
 
 
 class CheckpointWriteError(RuntimeError):
@@ -60,10 +67,74 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         try:
-            return super()._load_file(filename)
-        except (EOFError, RuntimeError, pickle.UnpicklingError, OSError) as e:
+            checkpoint = super()._load_file(filename)
+        except Exception as e:  # whatever the unpickler meets in a file that is not a checkpoint
             raise CheckpointReadError(
                 f"Cannot read checkpoint {filename}: {type(e).__name__}: "
                 f"{str(e).rstrip('.')}. "
                 "The file is truncated, corrupt or not a PyTorch/Detectron2 checkpoint."
             ) from e
+        if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
+            raise CheckpointReadError(f"Checkpoint {filename} holds no model state dict.")
+        return checkpoint
+
+    def _load_model(self, checkpoint):
+        # Kept so that load_weights can tell how well the file fits the model.
+        self.last_incompatible = super()._load_model(checkpoint)
+        return self.last_incompatible
+
+    def load_weights(self, path, strict=True):
+        """Load model weights only (no optimizer or schedule) and check they fit.
+
+        Args:
+            path (str): a checkpoint file (``.pth`` of this project, Detectron2 ``.pkl``).
+            strict (bool): refuse parameters missing from the file, parameters the model
+                does not have, and other shapes (evaluation and prediction). Without it
+                (fine-tuning from ImageNet weights) only other shapes, or a file of which
+                no parameter fits, are refused.
+
+        Raises:
+            CheckpointReadError: the file is missing or is not a readable checkpoint.
+            WeightsMismatchError: the weights do not fit the model.
+        """
+        if not os.path.isfile(path):
+            raise CheckpointReadError(f"Weights file '{path}' not found.")
+        # fvcore logs every incompatible key as a warning; the check below sums them up.
+        fvcore_logger = logging.getLogger("fvcore.common.checkpoint")
+        level = fvcore_logger.level
+        fvcore_logger.setLevel(logging.ERROR)
+        try:
+            self.last_incompatible = None
+            self.load(path, checkpointables=[])
+        finally:
+            fvcore_logger.setLevel(level)
+        check_weights_fit(self.model, path, self.last_incompatible, strict)
+
+
+def check_weights_fit(model, path, incompatible, strict=True):
+    """Raise :class:`WeightsMismatchError` when ``incompatible`` (fvcore's
+    ``_IncompatibleKeys`` of a load into ``model``) shows that the file does not fit."""
+    if incompatible is None:
+        return
+    # BatchNorm's counter is harmless when the model uses frozen BN at test time.
+    unexpected = [k for k in incompatible.unexpected_keys if not k.endswith("num_batches_tracked")]
+    missing, shapes = list(incompatible.missing_keys), list(incompatible.incorrect_shapes)
+    model_keys = len(model.state_dict())
+    nothing_fits = len(missing) >= model_keys
+    if not (shapes or nothing_fits or (strict and (missing or unexpected))):
+        return
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} of the model's {model_keys} parameters missing from the "
+                     f"file (e.g. {missing[:3]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unknown to the model (e.g. {unexpected[:3]})")
+    if shapes:
+        k, got, want = shapes[0]
+        parts.append(f"{len(shapes)} with another shape (e.g. {k}: file {tuple(got)} vs model {tuple(want)})")
+    name = type(model.module if hasattr(model, "module") else model).__name__
+    raise WeightsMismatchError(
+        f"Weights '{path}' do not match the {name} model of the config: {'; '.join(parts)}. "
+        "Use the config the weights were trained with (the config.yaml in its OUTPUT_DIR) "
+        "and the same overrides."
+    )

@@ -2,6 +2,8 @@
 import logging
 import os
 
+import yaml
+
 from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.engine import default_setup
@@ -13,11 +15,15 @@ from ..config import add_iaunet_config, apply_pretrained_policy
 from ..data.datasets import prepare_datasets, register_folder_datasets
 from ..data.pixel_stats import cached_pixel_stats
 
-__all__ = ["PixelStatsError", "build_config", "resolve_pixel_stats", "setup_cfg"]
+__all__ = ["ConfigError", "PixelStatsError", "build_config", "resolve_pixel_stats", "setup_cfg"]
 
 logger = logging.getLogger(__name__)
 
 _STATS_KEYS = ("MODEL.PIXEL_MEAN", "MODEL.PIXEL_STD")
+
+
+class ConfigError(ValueError):
+    """The config file or an override cannot be merged (missing file, unknown key, bad value)."""
 
 
 class PixelStatsError(ValueError):
@@ -38,8 +44,15 @@ def build_config(config_file, opts=(), prepare_data=True):
     cfg = get_cfg()
     add_pointrend_config(cfg)
     add_iaunet_config(cfg)
-    cfg.merge_from_file(config_file)
-    cfg.merge_from_list(list(opts))
+    if not os.path.isfile(config_file):
+        raise ConfigError(f"Config file '{config_file}' not found.")
+    try:
+        cfg.merge_from_file(config_file)
+        cfg.merge_from_list(list(opts))
+    except (KeyError, AssertionError, ValueError, TypeError, yaml.YAMLError) as e:
+        # yacs: unknown key (KeyError), wrong value type (AssertionError), odd override list.
+        reason = e.args[0] if e.args else type(e).__name__
+        raise ConfigError(f"Config '{config_file}' with overrides {list(opts)}: {reason}") from e
     apply_pretrained_policy(cfg)
     register_folder_datasets(cfg, prepare=prepare_data)
     if prepare_data:
@@ -60,7 +73,8 @@ def resolve_pixel_stats(cfg, given=False, measure=True):
     the folder's cache for ``--train-dir`` data, else ``OUTPUT_DIR/pixel_stats.json``).
 
     Raises:
-        PixelStatsError: no dataset to take them from, or not allowed to measure.
+        PixelStatsError: no dataset to take them from, not allowed to measure, or none
+            of its images readable.
     """
     if not cfg.INPUT.PIXEL_STATS_FROM_DATASET:
         return
@@ -90,7 +104,10 @@ def resolve_pixel_stats(cfg, given=False, measure=True):
             )
         files = [record["file_name"] for record in DatasetCatalog.get(name)]
         cache = meta.get("pixel_stats_cache") or os.path.join(cfg.OUTPUT_DIR, "pixel_stats.json")
-        mean, std = cached_pixel_stats(files, cache, image_format=cfg.INPUT.FORMAT)
+        try:
+            mean, std = cached_pixel_stats(files, cache, image_format=cfg.INPUT.FORMAT)
+        except ValueError as e:  # not one image readable
+            raise PixelStatsError(f"Dataset '{name}': {e}") from e
         meta.set(pixel_mean=mean, pixel_std=std)
     cfg.MODEL.PIXEL_MEAN = [float(v) for v in meta.pixel_mean]
     cfg.MODEL.PIXEL_STD = [float(v) for v in meta.pixel_std]

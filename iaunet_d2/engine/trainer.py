@@ -13,7 +13,7 @@ from ..data.build import build_cell_test_loader, build_cell_train_loader
 from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import build_coco_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
-from .checkpoint import AtomicCheckpointer
+from .checkpoint import AtomicCheckpointer, check_weights_fit
 
 __all__ = ["Trainer", "FiniteLossTrainer"]
 
@@ -80,6 +80,17 @@ class Trainer(DefaultTrainer):
         super().load_state_dict(state)
         if "_trainer" in state:
             self._trainer.load_state_dict(state["_trainer"])
+
+    def resume_or_load(self, resume=True):
+        """Detectron2's resume-or-load, refusing initial weights (MODEL.WEIGHTS) that do
+        not fit the model: other shapes, or no parameter in common (see
+        :func:`check_weights_fit`; missing heads are normal when fine-tuning)."""
+        self.checkpointer.last_incompatible = None
+        super().resume_or_load(resume=resume)
+        resumed = resume and self.checkpointer.has_checkpoint()
+        if not resumed and self.cfg.MODEL.WEIGHTS:
+            check_weights_fit(self.checkpointer.model, self.cfg.MODEL.WEIGHTS,
+                              self.checkpointer.last_incompatible, strict=False)
 
     def train(self):
         """Train, then return the results of the final evaluation (None without one)."""

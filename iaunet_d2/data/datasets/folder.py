@@ -157,9 +157,12 @@ def _read_categories(json_file):
 
 def _load(name, json_file, image_root):
     try:
-        return load_coco_json(json_file, image_root, dataset_name=name)
+        # The annotation ids are kept so that the data checks can name them.
+        return load_coco_json(json_file, image_root, dataset_name=name, extra_annotation_keys=["id"])
     except AssertionError as e:  # load_coco_json's checks, e.g. non-unique annotation ids
         raise DatasetError(f"Cannot load '{json_file}': {e}") from e
+    except KeyError as e:  # an annotation's category_id missing from "categories"
+        raise DatasetError(f"Cannot load '{json_file}': {e.args[0] if e.args else e}") from e
 
 
 def _register(name, json_file, image_root, classes, id_map, cache_dir):
