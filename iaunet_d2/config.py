@@ -22,6 +22,10 @@ def add_iaunet_config(cfg):
     cfg.INPUT.FLIPS = ["horizontal", "vertical"]
     # Random 90-degree rotations in training (the authors' extra augmentation).
     cfg.INPUT.ROTATE_90 = False
+    # How images that are not 8-bit are mapped to 0..255 (training, evaluation,
+    # prediction): "percentile" (1st..99.8th per image), "minmax" (per image) or
+    # "fixed:LOW,HIGH" (one range for all); see iaunet_d2.data.image_io.
+    cfg.INPUT.INTENSITY_NORM = "percentile"
     # Take MODEL.PIXEL_MEAN / PIXEL_STD from the first training dataset: its metadata,
     # else measured on its images (cached). MODEL.PIXEL_MEAN/STD set by the user win.
     # Turned off in the resolved config, which then holds the values.

@@ -36,9 +36,12 @@ import argparse
 import csv
 import glob
 import io
+import json
 import logging
 import os
+import re
 import sys
+import tempfile
 from dataclasses import dataclass, field
 from typing import List, Optional, Tuple
 
@@ -59,7 +62,7 @@ from .data.image_io import ImageReadError, read_image
 from .engine import AtomicCheckpointer, build_config
 from .engine.checkpoint import CheckpointReadError
 from .engine.checkpoint import WeightsMismatchError as CheckpointMismatch
-from .utils.file_io import atomic_write
+from .utils.file_io import FileSetWriteError, write_file_set
 
 __all__ = [
     "PredictionError",
@@ -83,6 +86,10 @@ logger = logging.getLogger(__name__)
 TILE_MATCH_IOU = 0.5
 # Cells shown in an activation-map figure (the best-scoring ones).
 MAX_ACTIVATION_ROWS = 48
+# Smaller images hold no cell the models can segment (they would be upscaled to
+# INPUT.IMAGE_SIZE and give meaningless cells).
+MIN_IMAGE_SIZE = 16
+_CONFIG_KEY = re.compile(r"^[A-Z][A-Z0-9_]*(\.[A-Z0-9_]+)+$")
 _THUMB = 96  # activation-map panel height in pixels
 
 
@@ -127,10 +134,31 @@ class ImagePrediction:
 
 
 # ----------------------------------------------------------------------------- inputs
-def collect_inputs(spec):
-    """Image files named by ``spec``: a file, a folder (its images, not recursive, without
-    the label images ``<name>_masks.tif`` etc. of its other images) or a glob pattern.
-    Returns a sorted list; raises PredictionError when empty."""
+def collect_inputs(specs):
+    """Image files named by ``specs`` (one string or several): files, folders (their
+    images, not recursive, without the label images ``<name>_masks.tif`` etc. of their
+    other images) or glob patterns. Returns a sorted list without duplicates.
+
+    Raises:
+        PredictionError: a spec names nothing, or no image at all is found.
+    """
+    specs = [specs] if isinstance(specs, str) else list(specs)
+    paths = []
+    for spec in specs:
+        found = _images_of(spec)
+        if not found:
+            hint = ""
+            if _CONFIG_KEY.match(spec):
+                hint = " It looks like a config key: put KEY VALUE overrides last, after all options."
+            raise PredictionError(
+                f"--input '{spec}' names no image: give files, folders holding "
+                f"{'/'.join(IMAGE_EXTENSIONS)} files, or glob patterns.{hint}"
+            )
+        paths += found
+    return sorted({os.path.abspath(p): p for p in paths}.values())
+
+
+def _images_of(spec):
     if os.path.isdir(spec):
         paths = [os.path.join(spec, n) for n in os.listdir(spec)
                  if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, n))]
@@ -140,16 +168,10 @@ def collect_inputs(spec):
             logger.info("--input '%s': left out %d label image(s) of other images (e.g. %s).",
                         spec, len(labels), os.path.basename(sorted(labels)[0]))
             paths = [p for p in paths if os.path.abspath(p) not in labels]
-    elif os.path.isfile(spec):
-        paths = [spec]
-    else:
-        paths = [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
-    if not paths:
-        raise PredictionError(
-            f"--input '{spec}' names no image: give a file, a folder holding "
-            f"{'/'.join(IMAGE_EXTENSIONS)} files, or a glob pattern (quoted)."
-        )
-    return sorted(paths)
+        return paths
+    if os.path.isfile(spec):
+        return [spec]
+    return [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]
 
 
 def _output_names(paths):
@@ -483,29 +505,29 @@ def _coco_annotations(prediction, image_id, first_id):
     return anns
 
 
-def _write_png(path, rgb):
+def _encode_png(rgb):
     ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
     if not ok:
-        raise OSError(f"cannot encode {path}")
-    atomic_write(path, lambda f: f.write(data.tobytes()))
+        raise ValueError("PNG encoding failed")
+    return data.tobytes()
 
 
-def _write_tiff(path, array):
+def _encode_tiff(array):
     import tifffile
 
-    buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a raw fd
+    buffer = io.BytesIO()
     tifffile.imwrite(buffer, array, compression="zlib")
-    atomic_write(path, lambda f: f.write(buffer.getvalue()))
+    return buffer.getvalue()
 
 
-def _write_csv(path, rows):
+def _encode_csv(rows):
     columns = ["id", "score", "class", "area", "visible_area", "centroid_x", "centroid_y",
                "bbox_x", "bbox_y", "bbox_w", "bbox_h"]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     writer.writerows(rows)
-    atomic_write(path, lambda f: f.write(buffer.getvalue()), mode="w")
+    return buffer.getvalue().encode()
 
 
 def _panel(array, size):
@@ -561,22 +583,49 @@ def activation_figure(prediction, image_rgb, max_rows=MAX_ACTIVATION_ROWS):
 
 def write_outputs(prediction, image_rgb, output_dir, name, class_names=("cell",), activations=False):
     """Write ``<name>_labels.tif``, ``_overlay.png``, ``_cells.csv`` (and
-    ``_activations.png``) of one image into ``output_dir``; returns the label image."""
+    ``_activations.png``) of one image into ``output_dir`` as a set: all of them or,
+    when a write fails, none (:func:`write_file_set`). Returns the label image.
+
+    Raises:
+        FileSetWriteError: naming the file that could not be written and why.
+    """
     labels = label_image(prediction)
     if len(prediction.cells) > np.iinfo(np.uint16).max:
         logger.warning("%s: %d cells, only the best %d fit a uint16 label image.",
                        name, len(prediction.cells), int(np.iinfo(np.uint16).max))
     base = os.path.join(output_dir, name)
-    _write_tiff(base + "_labels.tif", labels)
-    _write_png(base + "_overlay.png", overlay_image(image_rgb, labels))
-    _write_csv(base + "_cells.csv", _cell_rows(prediction, labels, list(class_names)))
+    contents = {
+        base + "_labels.tif": _encode_tiff(labels),
+        base + "_overlay.png": _encode_png(overlay_image(image_rgb, labels)),
+        base + "_cells.csv": _encode_csv(_cell_rows(prediction, labels, list(class_names))),
+    }
     if activations:
         figure = activation_figure(prediction, image_rgb)
         if figure is None:
             figure = np.full((40, 320, 3), 255, np.uint8)
             cv2.putText(figure, "no cell predicted", (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
-        _write_png(base + "_activations.png", figure)
+        contents[base + "_activations.png"] = _encode_png(figure)
+    write_file_set(contents)
     return labels
+
+
+def prepare_output_dir(path):
+    """Create ``path`` if needed and check that files can be written into it.
+
+    Raises:
+        PredictionError: it is a file, lies under a file, cannot be created or written.
+    """
+    if os.path.exists(path) and not os.path.isdir(path):
+        raise PredictionError(f"--output '{path}' is a file; give a folder.")
+    try:
+        os.makedirs(path, exist_ok=True)
+    except OSError as e:
+        raise PredictionError(f"Cannot create the --output folder '{path}': {e.strerror or e}.") from e
+    try:
+        with tempfile.TemporaryFile(dir=path):
+            pass
+    except OSError as e:
+        raise PredictionError(f"Cannot write into the --output folder '{path}': {e.strerror or e}.") from e
 
 
 # -------------------------------------------------------------------------------- CLI
@@ -587,10 +636,15 @@ def parse_args(argv=None):
     )
     parser.add_argument("--config-file", required=True, metavar="FILE", help="the model's config (yaml)")
     parser.add_argument("--weights", metavar="FILE", help="trained weights (.pth); default MODEL.WEIGHTS")
-    parser.add_argument("--input", required=True, help="image file, folder or (quoted) glob pattern")
+    parser.add_argument("--input", required=True, nargs="+", metavar="PATH",
+                        help="image files, folders or glob patterns (several allowed)")
     parser.add_argument("--output", required=True, metavar="DIR", help="output folder (created)")
     parser.add_argument("--channel", type=int, default=None,
-                        help="channel to use for images with several channels (index; used as grayscale)")
+                        help="channel of multi-channel images to use, as grayscale (index; gray "
+                             "images are read as they are)")
+    parser.add_argument("--plane", type=int, default=None,
+                        help="plane of Z-stacks / time series to use (index; 2-D images are "
+                             "read as they are)")
     parser.add_argument("--tile-overlap", type=int, default=None,
                         help="overlap of neighbouring tiles in pixels (default INPUT.IMAGE_SIZE // 4)")
     parser.add_argument("--resize", action="store_true",
@@ -611,42 +665,52 @@ def main(argv=None):
         logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
         paths = collect_inputs(args.input)
+        prepare_output_dir(args.output)
         cfg = build_predict_config(args.config_file, args.weights, args.opts)
         if args.save_activations and cfg.MODEL.META_ARCHITECTURE != "IAUNet":
             raise PredictionError(
                 f"--save-activations needs an IAUNet model; the config '{args.config_file}' "
                 f"builds {cfg.MODEL.META_ARCHITECTURE}, which has no instance activation maps."
             )
+        tile_size = int(cfg.INPUT.IMAGE_SIZE)
+        overlap = tile_size // 4 if args.tile_overlap is None else args.tile_overlap
+        if not 0 <= overlap < tile_size:
+            raise PredictionError(f"--tile-overlap must be in [0, {tile_size}) for INPUT.IMAGE_SIZE {tile_size}.")
         model = load_predictor(cfg)
-        os.makedirs(args.output, exist_ok=True)
     except PredictionError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     if args.save_activations:
         model.return_activation_maps = True
 
-    tile_size = int(cfg.INPUT.IMAGE_SIZE)
-    overlap = tile_size // 4 if args.tile_overlap is None else args.tile_overlap
-    if not 0 <= overlap < tile_size:
-        print(f"error: --tile-overlap must be in [0, {tile_size}) for INPUT.IMAGE_SIZE {tile_size}",
-              file=sys.stderr)
-        return 2
     augmentation = T.AugmentationList(build_cell_augmentations(cfg, is_train=False))
     meta_names = list(cfg.DATASETS.TEST) + list(cfg.DATASETS.TRAIN)
     class_names = (MetadataCatalog.get(meta_names[0]).get("thing_classes") if meta_names else None) or ["cell"]
 
-    images, annotations, failed = [], [], []
+    images, annotations, failed, skipped = [], [], [], []
     for path, name in tqdm(list(zip(paths, _output_names(paths))), desc="predict", unit="image"):
         try:
-            image = read_image(path, format=cfg.INPUT.FORMAT, channel=args.channel)
+            image = read_image(path, format=cfg.INPUT.FORMAT, channel=args.channel, plane=args.plane,
+                               normalization=cfg.INPUT.INTENSITY_NORM)
+        except ImageReadError as e:
+            skipped.append((path, str(e)))
+            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            continue
+        if min(image.shape[:2]) < MIN_IMAGE_SIZE:
+            why = (f"image is {image.shape[1]}x{image.shape[0]} px; the minimum is "
+                   f"{MIN_IMAGE_SIZE} px on each side")
+            skipped.append((path, why))
+            tqdm.write(f"skipped '{path}': {why}", file=sys.stderr)
+            continue
+        try:
             prediction = predict_image(model, image, augmentation, tile_size, overlap,
                                        tile=not args.resize, keep_activations=args.save_activations)
             rgb = image[..., ::-1] if cfg.INPUT.FORMAT == "BGR" else image
             write_outputs(prediction, np.ascontiguousarray(rgb), args.output, name, class_names,
                           activations=args.save_activations)
-        except ImageReadError as e:
+        except FileSetWriteError as e:
             failed.append((path, str(e)))
-            tqdm.write(f"skipped: {e}", file=sys.stderr)
+            tqdm.write(f"failed on '{path}': {e}", file=sys.stderr)
             continue
         except Exception as e:  # one bad image must not end the run; Ctrl-C still does
             failed.append((path, f"{type(e).__name__}: {e}"))
@@ -663,15 +727,19 @@ def main(argv=None):
         "annotations": annotations,
         "categories": [{"id": i + 1, "name": n} for i, n in enumerate(class_names)],
     }
-    write_json_atomic(coco, os.path.join(args.output, "coco_results.json"))
+    coco_path = os.path.join(args.output, "coco_results.json")
+    try:
+        write_file_set({coco_path: json.dumps(coco).encode()})
+    except FileSetWriteError as e:
+        failed.append((coco_path, str(e)))
     print(f"{len(images)} of {len(paths)} image(s) predicted, {len(annotations)} cell(s); "
-          f"outputs in {args.output}", file=sys.stderr)
-    if failed:
-        print(f"{len(failed)} image(s) failed:", file=sys.stderr)
-        for path, why in failed:
-            print(f"  {path}: {why}", file=sys.stderr)
-        return 1
-    return 0
+          f"{len(skipped)} skipped, {len(failed)} failed; outputs in {args.output}", file=sys.stderr)
+    for label, entries in (("skipped", skipped), ("failed", failed)):
+        if entries:
+            print(f"{len(entries)} {label}:", file=sys.stderr)
+            for path, why in entries:
+                print(f"  {path}: {why}", file=sys.stderr)
+    return 1 if failed or skipped else 0
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from iaunet_d2.engine import Trainer, build_config
 from test_own_data import CUSTOM_IAUNET, CUSTOM_MASK_RCNN, _tiny_iaunet_opts, make_label_folder
 
 H = W = 100
-_STATS = ["MODEL.PIXEL_MEAN", "[100.0, 100.0, 100.0]", "MODEL.PIXEL_STD", "[10.0, 10.0, 10.0]"]
+_STATS = ["MODEL.PIXEL_MEAN", "[100.0, 100.0, 100.0]", "MODEL.PIXEL_STD", "[10.0, 10.0, 10.0]",
+          "INPUT.INTENSITY_NORM", "percentile"]
 _DEGENERATE = "degenerate polygon (fewer than 3 points or zero area)"
 
 

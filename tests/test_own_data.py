@@ -45,8 +45,9 @@ def _tiny_iaunet_opts(output_dir):
             "DATALOADER.NUM_WORKERS", "0", "TEST.EVAL_PERIOD", "0", "OUTPUT_DIR", str(output_dir)]
 
 
-def _measured_mean(folder, count):
-    pixels = [read_image(os.path.join(folder, f"img{i:02d}.tif"))[..., 0] for i in range(count)]
+def _measured_mean(folder, count, normalization):
+    pixels = [read_image(os.path.join(folder, f"img{i:02d}.tif"), normalization=normalization)[..., 0]
+              for i in range(count)]
     stacked = np.stack(pixels).astype(np.float64)
     return stacked.mean(), stacked.std()
 
@@ -76,7 +77,8 @@ def test_train_evaluate_predict_on_a_label_folder(tmp_path, own_data, config, op
     saved = str(out / "config.yaml")
     cfg = build_config(saved, prepare_data=False)
     assert not cfg.INPUT.PIXEL_STATS_FROM_DATASET
-    mean, std = _measured_mean(train_dir, 8)
+    assert cfg.INPUT.INTENSITY_NORM.startswith("fixed:")
+    mean, std = _measured_mean(train_dir, 8, cfg.INPUT.INTENSITY_NORM)
     assert cfg.MODEL.PIXEL_MEAN[0] == pytest.approx(mean, abs=0.01)
     assert cfg.MODEL.PIXEL_STD[0] == pytest.approx(std, abs=0.01)
     assert os.path.isfile(os.path.join(train_dir, ".iaunet_d2", "pixel_stats.json"))
@@ -99,7 +101,7 @@ def test_folder_conversion_and_statistics_are_cached_and_redone_on_change(tmp_pa
     train_dir = make_label_folder(str(tmp_path / "train"), 3, seed=2)
     opts = ["DATASETS.TRAIN_DIR", train_dir, "OUTPUT_DIR", str(tmp_path / "out")]
     first = build_config(CUSTOM_IAUNET, opts)
-    mean, _ = _measured_mean(train_dir, 3)
+    mean, _ = _measured_mean(train_dir, 3, first.INPUT.INTENSITY_NORM)
     assert first.MODEL.PIXEL_MEAN == [pytest.approx(mean, abs=0.01)] * 3
     assert list(first.DATASETS.TRAIN) == ["folder_train"]
 
@@ -120,7 +122,7 @@ def test_folder_conversion_and_statistics_are_cached_and_redone_on_change(tmp_pa
     MetadataCatalog.remove("folder_train")
     third = build_config(CUSTOM_IAUNET, opts)
     assert len(DatasetCatalog.get("folder_train")) == 4
-    assert third.MODEL.PIXEL_MEAN[0] == pytest.approx(_measured_mean(train_dir, 4)[0], abs=0.01)
+    assert third.MODEL.PIXEL_MEAN[0] == pytest.approx(_measured_mean(train_dir, 4, third.INPUT.INTENSITY_NORM)[0], abs=0.01)
     assert third.MODEL.PIXEL_MEAN[0] != pytest.approx(first.MODEL.PIXEL_MEAN[0], abs=0.01)
 
 
@@ -130,7 +132,9 @@ def test_user_pixel_statistics_win(tmp_path):
                                        "MODEL.PIXEL_MEAN", "[10.0, 10.0, 10.0]",
                                        "MODEL.PIXEL_STD", "[2.0, 2.0, 2.0]"])
     assert list(cfg.MODEL.PIXEL_MEAN) == [10.0] * 3 and list(cfg.MODEL.PIXEL_STD) == [2.0] * 3
-    assert not os.path.exists(os.path.join(train_dir, ".iaunet_d2", "pixel_stats.json"))
+    # Nothing measured but the intensity range of the 16-bit images.
+    cache = json.loads(open(os.path.join(train_dir, ".iaunet_d2", "pixel_stats.json")).read())
+    assert [entry for entry in cache.values() if "mean" in entry] == []
 
 
 def test_coco_json_folder(tmp_path):
@@ -171,8 +175,8 @@ def test_any_catalog_name_trains_and_evaluates(tmp_path):
         results = train_net.main(args)
         assert set(results["segm"]) >= {"AP", "AP50"}
         cache = json.loads((out / "pixel_stats.json").read_text())
-        (entry,) = cache.values()
-        assert entry["mean"][0] == pytest.approx(_measured_mean(folder, 4)[0], abs=0.01)
+        (entry,) = [e for e in cache.values() if "mean" in e]
+        assert entry["mean"][0] == pytest.approx(_measured_mean(folder, 4, entry["normalization"])[0], abs=0.01)
     finally:
         DatasetCatalog.remove("my_lab_cells")
         MetadataCatalog.remove("my_lab_cells")

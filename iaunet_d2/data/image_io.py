@@ -2,15 +2,30 @@
 
 Cell datasets mix 8-bit PNG/JPEG, 16-bit TIFF/PNG and float TIFF images, most of them
 grayscale. Models and Detectron2's augmentations expect ``uint8`` HxWx3 arrays, so
-:func:`read_image` converts every image the same way:
+:func:`read_image` converts every image the same way, in training, evaluation and
+prediction (``INPUT.INTENSITY_NORM``):
 
-* ``uint8`` values are kept as they are; any other dtype (``uint16``, signed ints,
-  floats) is scaled per image from its own min..max to 0..255 (a constant image gives
-  zeros; NaN becomes 0). Per-image scaling keeps the full dynamic range of 16-bit
-  images whose values only use part of the 0..65535 range.
+* ``uint8`` values are kept as they are. Any other dtype (``uint16``, signed ints,
+  floats) is mapped to 0..255 by one of :data:`NORMALIZATIONS`:
+
+  - ``"percentile"`` (default): per image, the 1st percentile -> 0 and the 99.8th -> 255,
+    values outside clipped. A few hot or dead pixels, or how much background a frame
+    shows, barely move these points, so the same cells look the same in a crop and in
+    the whole frame (Cellpose normalises the same way, with 1 and 99).
+  - ``"minmax"``: per image, its finite min -> 0 and max -> 255 (one outlier pixel
+    changes the whole image).
+  - ``"fixed:LOW,HIGH"``: the same range for every image (e.g. ``"fixed:0,4095"`` for
+    12-bit cameras), so a crop and its frame map every pixel identically.
+  - ``"dataset"`` (config only): a fixed range measured once on the training images,
+    see :func:`iaunet_d2.engine.defaults.resolve_intensity_norm`.
+
+  A constant image gives zeros; NaN becomes 0.
 * Grayscale becomes three identical channels, an alpha channel is dropped.
-* Images with more than four channels, or channel-first stacks (C, H, W), need an
-  explicit ``channel`` index; that single channel is then used as grayscale.
+* Images with more than four channels need an explicit ``channel`` (``--channel``);
+  the channel is then used as grayscale. A gray image ignores ``channel``, so one
+  value serves a folder mixing gray and multi-channel images.
+* Stacks (Z-stacks, time series: (N, H, W) or (N, H, W, C)) need a ``plane``
+  (``--plane``); a channel-first image (C, H, W) takes ``channel`` or ``plane``.
 
 Any problem (missing, unreadable, truncated or corrupt file, unsupported shape) raises
 :class:`ImageReadError`, whose message names the file.
@@ -22,8 +37,12 @@ import cv2
 import numpy as np
 from PIL import Image
 
-__all__ = ["ImageReadError", "read_image", "to_uint8"]
+__all__ = ["NORMALIZATIONS", "ImageReadError", "check_normalization", "read_image", "to_uint8"]
 
+NORMALIZATIONS = ("percentile", "minmax", "fixed:LOW,HIGH", "dataset")
+PERCENTILES = (1.0, 99.8)
+# Percentiles of larger images are taken on an evenly strided subset of this many pixels.
+_PERCENTILE_SAMPLE = 1 << 20
 _TIFF_EXTENSIONS = (".tif", ".tiff")
 _JPEG_MAGIC = b"\xff\xd8"
 
@@ -32,7 +51,7 @@ class ImageReadError(ValueError):
     """An image file could not be read or converted; the message names the file."""
 
 
-def read_image(path, format="BGR", channel=None):
+def read_image(path, format="BGR", channel=None, plane=None, normalization="percentile"):
     """Read an image file as an 8-bit, 3-channel array.
 
     Args:
@@ -40,9 +59,12 @@ def read_image(path, format="BGR", channel=None):
         format (str): channel order of the result, "BGR" (Detectron2's default,
             ``cfg.INPUT.FORMAT``) or "RGB".
         channel (int or None): index of the channel to use for images with more than
-            four channels or channel-first stacks; it may also pick one channel of an
+            four channels or channel-first images; it may also pick one channel of an
             RGB(A) image (indices in RGB(A) order, whatever the file format). The
-            chosen channel is returned as grayscale.
+            chosen channel is returned as grayscale. Ignored for gray images.
+        plane (int or None): index of the plane of a stack (N, H, W) or (N, H, W, C).
+            Ignored for plain 2-D images.
+        normalization (str): one of :data:`NORMALIZATIONS`, for non-uint8 images.
 
     Returns:
         np.ndarray: uint8 array of shape (H, W, 3), C-contiguous.
@@ -50,12 +72,14 @@ def read_image(path, format="BGR", channel=None):
     Raises:
         ImageReadError: the file is missing, unreadable, truncated, corrupt, or has a
             shape that is not a 2-D image.
+        ValueError: an unknown ``normalization``.
     """
     if format not in ("BGR", "RGB"):
         raise ValueError(f"read_image supports format 'BGR' or 'RGB', got {format!r}")
+    check_normalization(normalization)
     array = read_raw_image(path)
-    image = _to_hwc(array, path, channel)
-    image = to_uint8(image)
+    image = _to_hwc(array, path, channel, plane)
+    image = to_uint8(image, normalization)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
     elif image.shape[2] == 4:
@@ -65,15 +89,61 @@ def read_image(path, format="BGR", channel=None):
     return np.ascontiguousarray(image)
 
 
-def to_uint8(array):
-    """Scale an array of any dtype to uint8.
+def check_normalization(normalization, allow_dataset=False):
+    """Parse an intensity normalisation name (see :data:`NORMALIZATIONS`).
 
-    uint8 input is returned unchanged; bool becomes 0/255; every other dtype is scaled
-    linearly from its own finite min..max to 0..255 over all channels together (so
-    the colour balance of multi-channel images is kept). Constant images give zeros.
+    ``"dataset"`` (accepted with ``allow_dataset``, i.e. in a config) stands for a
+    fixed range measured on the training images; ``build_config`` replaces it by
+    ``"fixed:LOW,HIGH"`` before any image is read.
+
+    Returns:
+        tuple: ("percentile",), ("minmax",), ("dataset",) or ("fixed", low, high).
+
+    Raises:
+        ValueError: one line naming the accepted values.
+    """
+    if normalization in ("percentile", "minmax") or (allow_dataset and normalization == "dataset"):
+        return (normalization,)
+    if isinstance(normalization, str) and normalization.startswith("fixed:"):
+        try:
+            low, high = (float(v) for v in normalization[len("fixed:"):].split(","))
+        except ValueError:
+            low = high = None
+        if low is not None and high > low:
+            return ("fixed", low, high)
+    raise ValueError(
+        f"Unknown intensity normalisation {normalization!r} (INPUT.INTENSITY_NORM); use "
+        "'percentile', 'minmax', 'dataset' (in a config) or 'fixed:LOW,HIGH' with LOW < HIGH, "
+        "e.g. 'fixed:0,4095'."
+    )
+
+
+def _intensity_range(values, finite, normalization):
+    kind = check_normalization(normalization)
+    if kind[0] == "fixed":
+        return kind[1], kind[2]
+    data = values[finite]
+    if kind[0] == "minmax":
+        return data.min(), data.max()
+    if data.size > _PERCENTILE_SAMPLE:
+        data = data[:: data.size // _PERCENTILE_SAMPLE]
+    low, high = np.percentile(data, PERCENTILES)
+    if high <= low:  # e.g. a mostly constant image: fall back to its full range
+        return data.min(), data.max()
+    return low, high
+
+
+def to_uint8(array, normalization="percentile"):
+    """Map an array of any dtype to uint8.
+
+    uint8 input is returned unchanged; bool becomes 0/255; every other dtype is mapped
+    linearly from the range that ``normalization`` picks (see the module docstring) to
+    0..255 over all channels together (so the colour balance of multi-channel images
+    is kept), values outside clipped. Constant images give zeros.
 
     Args:
         array (np.ndarray): any shape.
+        normalization (str): one of :data:`NORMALIZATIONS`.
 
     Returns:
         np.ndarray: uint8 array of the same shape.
@@ -86,7 +156,7 @@ def to_uint8(array):
     finite = np.isfinite(values)
     if not finite.any():
         return np.zeros(array.shape, dtype=np.uint8)
-    low, high = values[finite].min(), values[finite].max()
+    low, high = _intensity_range(values, finite, normalization)
     if high <= low:
         return np.zeros(array.shape, dtype=np.uint8)
     scaled = (values - low) * (255.0 / (high - low))
@@ -146,7 +216,7 @@ def _decode_tiff(path, data):
         ) from e
 
 
-def _to_hwc(array, path, channel):
+def _to_hwc(array, path, channel, plane=None):
     """Bring a decoded array to (H, W, C) with C in {1, 3, 4}.
 
     Returns:
@@ -158,17 +228,27 @@ def _to_hwc(array, path, channel):
         array = np.squeeze(array)
         if array.ndim < 2:
             raise ImageReadError(f"Cannot read image '{path}': degenerate shape.")
-    if array.ndim == 2:
-        if channel not in (None, 0):
+    stack = array.ndim == 4 or (array.ndim == 3 and array.shape[0] < array.shape[2]
+                                and array.shape[2] not in (3, 4))
+    if plane is not None and stack:
+        if not 0 <= plane < array.shape[0]:
             raise ImageReadError(
-                f"Cannot read image '{path}': channel={channel} requested but the image "
-                "is single-channel."
+                f"Cannot read image '{path}': --plane {plane} is out of range for its "
+                f"{array.shape[0]} planes (shape {tuple(array.shape)})."
             )
-        return array[:, :, None]
+        array = array[plane]
+    elif array.ndim == 4:
+        raise ImageReadError(
+            f"Cannot read image '{path}': it is a stack of {array.shape[0]} images "
+            f"(shape {tuple(array.shape)}, a Z-stack or time series); choose one with "
+            "--plane INDEX."
+        )
+    if array.ndim == 2:
+        return array[:, :, None]  # gray: --channel does not apply
     if array.ndim != 3:
         raise ImageReadError(
             f"Cannot read image '{path}': expected a 2-D image (H, W) or (H, W, C), got "
-            f"an array of shape {tuple(array.shape)} (a 3-D or time stack?)."
+            f"an array of shape {tuple(array.shape)}."
         )
     if min(array.shape[:2]) == 0 or array.shape[2] == 0:
         raise ImageReadError(f"Cannot read image '{path}': empty image {array.shape}.")
@@ -180,15 +260,21 @@ def _to_hwc(array, path, channel):
     if channel is None:
         if plain_colour:
             return array
-        layout = "(C, H, W)" if channel_first else "(H, W, C)"
+        if channel_first:
+            raise ImageReadError(
+                f"Cannot read image '{path}': it holds {num_channels} planes of "
+                f"{array.shape[1]}x{array.shape[2]} (shape {tuple(array.shape)}): a Z-stack, "
+                "time series or channel-first image; choose one with --plane INDEX "
+                "(or --channel INDEX)."
+            )
         raise ImageReadError(
-            f"Cannot read image '{path}': it has {num_channels} channels in layout "
-            f"{layout} (shape {tuple(array.shape)}); pass channel=<index> to select one."
+            f"Cannot read image '{path}': it has {num_channels} channels (shape "
+            f"{tuple(array.shape)}); choose one with --channel INDEX."
         )
     if not 0 <= channel < num_channels:
         raise ImageReadError(
-            f"Cannot read image '{path}': channel={channel} is out of range for "
+            f"Cannot read image '{path}': --channel {channel} is out of range for its "
             f"{num_channels} channels (shape {tuple(array.shape)})."
         )
-    plane = array[channel] if channel_first else array[:, :, channel]
-    return plane[:, :, None]
+    selected = array[channel] if channel_first else array[:, :, channel]
+    return selected[:, :, None]

@@ -1,10 +1,13 @@
 """Pixel mean and standard deviation of a dataset, as the model sees its images.
 
 The statistics are measured on what :func:`~iaunet_d2.data.image_io.read_image`
-returns (uint8, 3 channels in ``INPUT.FORMAT`` order, 0-255 scale), on at most
+returns (uint8, 3 channels in ``INPUT.FORMAT`` order, ``INPUT.INTENSITY_NORM``, 0-255), on at most
 :data:`MAX_IMAGES` images spread evenly over the split, and cached in a json file
 keyed by a fingerprint of those files (path, size, modification time), so a second
-run reads the cache and a changed file set is measured again.
+run reads the cache and a changed file set is measured again. The same holds for the
+dataset-level intensity range of ``INPUT.INTENSITY_NORM: "dataset"``
+(:func:`cached_intensity_range`), measured on the raw values of images that are not
+8-bit.
 """
 import hashlib
 import json
@@ -14,13 +17,16 @@ import os
 import numpy as np
 
 from ..utils.file_io import atomic_write
-from .image_io import ImageReadError, read_image
+from .image_io import PERCENTILES, ImageReadError, read_image, read_raw_image
 
-__all__ = ["MAX_IMAGES", "compute_pixel_stats", "cached_pixel_stats"]
+__all__ = ["MAX_IMAGES", "cached_intensity_range", "cached_pixel_stats", "compute_intensity_range",
+           "compute_pixel_stats"]
 
 logger = logging.getLogger(__name__)
 
 MAX_IMAGES = 64
+# Raw values taken from each image (evenly strided) for the dataset's intensity range.
+_VALUES_PER_IMAGE = 100_000
 
 
 def _sample(file_names, max_images):
@@ -42,7 +48,7 @@ def _fingerprint(files, image_format):
     return digest.hexdigest()
 
 
-def compute_pixel_stats(files, image_format="BGR"):
+def compute_pixel_stats(files, image_format="BGR", normalization="percentile"):
     """Per-channel mean and std (0-255) over every pixel of ``files``.
 
     Unreadable files are left out; at least one must be readable.
@@ -59,7 +65,7 @@ def compute_pixel_stats(files, image_format="BGR"):
     count = 0
     for path in files:
         try:
-            image = read_image(path, format=image_format)
+            image = read_image(path, format=image_format, normalization=normalization)
         except ImageReadError as e:
             logger.warning("Pixel statistics: left out an unreadable image: %s", e)
             continue
@@ -76,7 +82,69 @@ def compute_pixel_stats(files, image_format="BGR"):
     return [round(float(v), 3) for v in mean], [round(float(v), 3) for v in std]
 
 
-def cached_pixel_stats(file_names, cache_file, image_format="BGR", max_images=MAX_IMAGES):
+def compute_intensity_range(files):
+    """The dataset-level intensity range of the images that are not 8-bit: the
+    :data:`~iaunet_d2.data.image_io.PERCENTILES` of their raw values, pooled.
+
+    Returns:
+        (float, float) or None when every readable image is 8-bit (kept as it is).
+    """
+    samples = []
+    for path in files:
+        try:
+            array = np.asarray(read_raw_image(path))
+        except ImageReadError as e:
+            logger.warning("Intensity range: left out an unreadable image: %s", e)
+            continue
+        if array.dtype in (np.uint8, np.bool_):
+            continue
+        values = array.astype(np.float64).ravel()
+        values = values[np.isfinite(values)]
+        step = max(1, values.size // _VALUES_PER_IMAGE)
+        samples.append(values[::step])
+    if not samples:
+        return None
+    low, high = np.percentile(np.concatenate(samples), PERCENTILES)
+    return float(low), float(max(high, low + 1e-6))
+
+
+def cached_intensity_range(file_names, cache_file, max_images=MAX_IMAGES):
+    """:func:`compute_intensity_range` on a sample of ``file_names``, cached like
+    :func:`cached_pixel_stats`. Returns (low, high) or None (all images 8-bit)."""
+    files = _sample(file_names, max_images)
+    key = "range|" + _fingerprint(files, "raw")
+    cache = _read_cache(cache_file)
+    if key in cache:
+        entry = cache[key]
+        logger.info("Intensity range from %s: %s.", cache_file, entry["range"])
+        return tuple(entry["range"]) if entry["range"] else None
+    logger.info("Measuring the intensity range of %d of %d training image(s)...", len(files), len(set(file_names)))
+    value_range = compute_intensity_range(files)
+    logger.info("Intensity range: %s (cached in %s).", value_range or "all images are 8-bit", cache_file)
+    cache[key] = {"range": list(value_range) if value_range else None, "images": len(files)}
+    _write_cache(cache, cache_file)
+    return value_range
+
+
+def _read_cache(cache_file):
+    try:
+        with open(cache_file) as f:
+            cache = json.load(f)
+    except (OSError, ValueError):
+        return {}
+    return cache if isinstance(cache, dict) else {}
+
+
+def _write_cache(cache, cache_file):
+    try:
+        os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
+        atomic_write(cache_file, lambda f: json.dump(cache, f, indent=1), mode="w")
+    except OSError as e:
+        logger.warning("Cannot write the cache %s: %s", cache_file, e)
+
+
+def cached_pixel_stats(file_names, cache_file, image_format="BGR", normalization="percentile",
+                       max_images=MAX_IMAGES):
     """:func:`compute_pixel_stats` on a sample of ``file_names``, cached in ``cache_file``.
 
     The cache (json, one entry per fingerprint) is reused when the sampled files and
@@ -86,26 +154,16 @@ def cached_pixel_stats(file_names, cache_file, image_format="BGR", max_images=MA
         (list[float], list[float]): mean and std.
     """
     files = _sample(file_names, max_images)
-    key = _fingerprint(files, image_format)
-    cache = {}
-    if os.path.isfile(cache_file):
-        try:
-            with open(cache_file) as f:
-                cache = json.load(f)
-        except (OSError, ValueError):
-            cache = {}
-    entry = cache.get(key) if isinstance(cache, dict) else None
+    key = _fingerprint(files, f"{image_format}|{normalization}")
+    cache = _read_cache(cache_file)
+    entry = cache.get(key)
     if entry:
         logger.info("Pixel statistics from %s: mean %s, std %s.", cache_file, entry["mean"], entry["std"])
         return entry["mean"], entry["std"]
     logger.info("Measuring pixel statistics on %d of %d training image(s)...", len(files), len(set(file_names)))
-    mean, std = compute_pixel_stats(files, image_format)
+    mean, std = compute_pixel_stats(files, image_format, normalization)
     logger.info("Pixel statistics: mean %s, std %s (cached in %s).", mean, std, cache_file)
-    cache = cache if isinstance(cache, dict) else {}
-    cache[key] = {"mean": mean, "std": std, "images": len(files), "format": image_format}
-    try:
-        os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
-        atomic_write(cache_file, lambda f: json.dump(cache, f, indent=1), mode="w")
-    except OSError as e:
-        logger.warning("Cannot cache pixel statistics in %s: %s", cache_file, e)
+    cache[key] = {"mean": mean, "std": std, "images": len(files), "format": image_format,
+                  "normalization": normalization}
+    _write_cache(cache, cache_file)
     return mean, std

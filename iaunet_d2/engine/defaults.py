@@ -13,9 +13,13 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_iaunet_config, apply_pretrained_policy
 from ..data.datasets import prepare_datasets, register_folder_datasets
-from ..data.pixel_stats import cached_pixel_stats
+from ..data.image_io import check_normalization
+from ..data.pixel_stats import cached_intensity_range, cached_pixel_stats
 
-__all__ = ["ConfigError", "PixelStatsError", "build_config", "resolve_pixel_stats", "setup_cfg"]
+__all__ = [
+    "ConfigError", "PixelStatsError", "build_config", "resolve_intensity_norm", "resolve_pixel_stats",
+    "setup_cfg",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -37,9 +41,10 @@ def build_config(config_file, opts=(), prepare_data=True):
     :func:`~iaunet_d2.data.datasets.register_folder_datasets`). With
     ``prepare_data`` the datasets are also checked on disk first: demo data is
     generated, label folders are converted, missing data raises
-    ``DatasetNotFoundError`` / ``DatasetError``. Pixel statistics are then resolved
-    by :func:`resolve_pixel_stats`, so the returned config (and the ``config.yaml`` a
-    run saves) holds the values the model is trained and used with.
+    ``DatasetNotFoundError`` / ``DatasetError``. The intensity normalisation and the
+    pixel statistics are then resolved (:func:`resolve_intensity_norm`,
+    :func:`resolve_pixel_stats`), so the returned config (and the ``config.yaml`` a run
+    saves) holds the values the model is trained and used with.
     """
     cfg = get_cfg()
     add_pointrend_config(cfg)
@@ -53,13 +58,56 @@ def build_config(config_file, opts=(), prepare_data=True):
         # yacs: unknown key (KeyError), wrong value type (AssertionError), odd override list.
         reason = e.args[0] if e.args else type(e).__name__
         raise ConfigError(f"Config '{config_file}' with overrides {list(opts)}: {reason}") from e
+    try:
+        check_normalization(cfg.INPUT.INTENSITY_NORM, allow_dataset=True)
+    except ValueError as e:
+        raise ConfigError(f"Config '{config_file}': {e}") from e
     apply_pretrained_policy(cfg)
     register_folder_datasets(cfg, prepare=prepare_data)
     if prepare_data:
         prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
+    resolve_intensity_norm(cfg, measure=prepare_data)
     resolve_pixel_stats(cfg, given=any(k in _STATS_KEYS for k in list(opts)[::2]), measure=prepare_data)
     cfg.freeze()
     return cfg
+
+
+def _no_dataset_error():
+    return PixelStatsError(
+        "The config names no dataset (DATASETS.TRAIN / TEST are empty): give the data "
+        "with --train-dir DIR [--val-dir DIR] (train_net.py) or DATASETS.TRAIN_DIR; for "
+        "prediction use the config.yaml saved in the training run's OUTPUT_DIR."
+    )
+
+
+def resolve_intensity_norm(cfg, measure=True):
+    """Replace ``INPUT.INTENSITY_NORM: "dataset"`` by ``"fixed:LOW,HIGH"``, the
+    1st..99.8th percentiles of the raw values of the first training dataset's images
+    that are not 8-bit (measured once and cached like the pixel statistics; config not
+    frozen). With only 8-bit images, which are used as they are, it becomes
+    ``"percentile"``.
+
+    Raises:
+        PixelStatsError: no dataset to measure, or not allowed to measure.
+    """
+    if cfg.INPUT.INTENSITY_NORM != "dataset":
+        return
+    names = list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST)
+    if not names:
+        raise _no_dataset_error()
+    if not measure:
+        raise PixelStatsError(
+            "INPUT.INTENSITY_NORM 'dataset' is measured on the training images, which this "
+            "run does not read; use the config.yaml saved in the training run's OUTPUT_DIR "
+            "(it holds the measured 'fixed:LOW,HIGH'), or give the range yourself."
+        )
+    name = names[0]
+    files = [record["file_name"] for record in DatasetCatalog.get(name)]
+    meta = MetadataCatalog.get(name)
+    cache = meta.get("pixel_stats_cache") or os.path.join(cfg.OUTPUT_DIR, "pixel_stats.json")
+    value_range = cached_intensity_range(files, cache)
+    cfg.INPUT.INTENSITY_NORM = f"fixed:{value_range[0]:.6g},{value_range[1]:.6g}" if value_range else "percentile"
+    logger.info("Intensity normalisation of dataset '%s': %s.", name, cfg.INPUT.INTENSITY_NORM)
 
 
 def resolve_pixel_stats(cfg, given=False, measure=True):
@@ -89,11 +137,7 @@ def resolve_pixel_stats(cfg, given=False, measure=True):
     hint = ("use the config.yaml saved in the training run's OUTPUT_DIR, or set "
             "MODEL.PIXEL_MEAN and MODEL.PIXEL_STD")
     if not names:
-        raise PixelStatsError(
-            "The config names no dataset (DATASETS.TRAIN / TEST are empty): give the data "
-            "with --train-dir DIR [--val-dir DIR] (train_net.py) or DATASETS.TRAIN_DIR; for "
-            f"prediction {hint}."
-        )
+        raise _no_dataset_error()
     name = names[0]
     meta = MetadataCatalog.get(name)
     if meta.get("pixel_mean") is None:
@@ -105,7 +149,8 @@ def resolve_pixel_stats(cfg, given=False, measure=True):
         files = [record["file_name"] for record in DatasetCatalog.get(name)]
         cache = meta.get("pixel_stats_cache") or os.path.join(cfg.OUTPUT_DIR, "pixel_stats.json")
         try:
-            mean, std = cached_pixel_stats(files, cache, image_format=cfg.INPUT.FORMAT)
+            mean, std = cached_pixel_stats(files, cache, image_format=cfg.INPUT.FORMAT,
+                                           normalization=cfg.INPUT.INTENSITY_NORM)
         except ValueError as e:  # not one image readable
             raise PixelStatsError(f"Dataset '{name}': {e}") from e
         meta.set(pixel_mean=mean, pixel_std=std)

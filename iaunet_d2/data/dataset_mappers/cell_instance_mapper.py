@@ -10,7 +10,7 @@ from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from ..image_io import ImageReadError, read_image
+from ..image_io import ImageReadError, check_normalization, read_image
 
 __all__ = [
     "CellInstanceDatasetMapper",
@@ -140,13 +140,18 @@ class CellInstanceDatasetMapper:
     """
 
     @configurable
-    def __init__(self, is_train=True, *, augmentations, image_format="BGR"):
+    def __init__(self, is_train=True, *, augmentations, image_format="BGR",
+                 normalization="percentile"):
         """
         Args:
             is_train (bool): training (augment, keep annotations) or inference.
             augmentations (list[Augmentation or Transform]): applied in order.
             image_format (str): "BGR" or "RGB", the channel order of "image".
+            normalization (str): intensity normalisation of images that are not
+                8-bit (``INPUT.INTENSITY_NORM``, see ``image_io``).
         """
+        check_normalization(normalization)
+        self.normalization = normalization
         self.is_train = is_train
         self.augmentations = T.AugmentationList(augmentations)
         self.image_format = image_format
@@ -164,6 +169,7 @@ class CellInstanceDatasetMapper:
             "is_train": is_train,
             "augmentations": build_cell_augmentations(cfg, is_train),
             "image_format": cfg.INPUT.FORMAT,
+            "normalization": cfg.INPUT.INTENSITY_NORM,
         }
 
     def __call__(self, dataset_dict):
@@ -176,7 +182,8 @@ class CellInstanceDatasetMapper:
         """
         dataset_dict = copy.deepcopy(dataset_dict)  # the dataset's copy stays untouched
         try:
-            image = read_image(dataset_dict["file_name"], format=self.image_format)
+            image = read_image(dataset_dict["file_name"], format=self.image_format,
+                               normalization=self.normalization)
             utils.check_image_size(dataset_dict, image)  # also fills height/width if absent
         except (ImageReadError, utils.SizeMismatchError) as e:
             if not self.is_train:

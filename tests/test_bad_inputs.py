@@ -1,0 +1,439 @@
+"""What users get wrong: weights of another model, typos in configs and overrides,
+unusable output folders, a full disk, tiny images, stacks, mixed channels, and shell
+expansion of --input. Each case checks the message, the exit status and the files
+left behind."""
+import csv
+import errno
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+import cv2
+import numpy as np
+import pytest
+import tifffile
+import torch
+from detectron2.modeling import build_model
+
+import iaunet_d2  # noqa: F401
+import train_net
+from iaunet_d2 import predict
+from iaunet_d2.engine import build_config
+from iaunet_d2.utils import file_io
+
+from train_utils import DEMO_MASK_RCNN, REPO_ROOT, tiny_rcnn_opts
+
+IAUNET_CFG = "configs/demo/iaunet_R18_small.yaml"
+SMALL = ["INPUT.IMAGE_SIZE", "128", "MODEL.IAUNET.NUM_QUERIES", "10", "MODEL.IAUNET.TEST.SCORE_THRESH", "0.0"]
+OUTPUTS = ("_cells.csv", "_labels.tif", "_overlay.png")
+
+
+@pytest.fixture(autouse=True)
+def _repo_cwd(repo_root, monkeypatch):
+    monkeypatch.chdir(repo_root)  # configs are given relative to the repository
+
+
+def _save_random_model(path, config, opts):
+    torch.manual_seed(0)
+    model = build_model(build_config(config, opts, prepare_data=False))
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)
+
+
+@pytest.fixture(scope="module")
+def weights(tmp_path_factory):
+    """One tiny IAUNet, one tiny Mask R-CNN (as a user's model_final.pth) and a text
+    file given by mistake, built once for the module."""
+    folder = tmp_path_factory.mktemp("weights")
+    cwd = os.getcwd()
+    os.chdir(REPO_ROOT)
+    try:
+        iaunet = _save_random_model(folder / "iaunet.pth", IAUNET_CFG, SMALL)
+        rcnn = _save_random_model(folder / "rcnn_final.pth", DEMO_MASK_RCNN, tiny_rcnn_opts(folder / "unused"))
+    finally:
+        os.chdir(cwd)
+    # What lies next to checkpoints and gets picked by a slip of the tab key: the tag
+    # file of an output folder, and notes.
+    last_checkpoint = folder / "last_checkpoint.pth"
+    last_checkpoint.write_text("model_final.pth")
+    notes = folder / "notes.pth"
+    notes.write_text("hyperparameters: lr 1e-4, 20k iterations\n")
+    return {"iaunet": iaunet, "rcnn": rcnn, "last_checkpoint": str(last_checkpoint), "notes": str(notes)}
+
+
+def _predict(weights_path, inputs, output, *extra, config=IAUNET_CFG, opts=SMALL):
+    inputs = [str(p) for p in (inputs if isinstance(inputs, (list, tuple)) else [inputs])]
+    return predict.main(["--config-file", config, "--weights", weights_path, "--input", *inputs,
+                         "--output", str(output), *extra, *opts])
+
+
+def _image(path, shape, seed=0):
+    """A random 8-bit image (gray (H, W) or colour (H, W, 3)) written as PNG or TIFF."""
+    array = np.random.default_rng(seed).integers(0, 255, shape).astype(np.uint8)
+    if str(path).endswith((".tif", ".tiff")):
+        tifffile.imwrite(path, array)
+    else:
+        assert cv2.imwrite(str(path), array)
+    return array
+
+
+def _error_lines(text):
+    return [line for line in text.splitlines() if line.startswith("error:")]
+
+
+def _outputs_of(folder):
+    return sorted(os.listdir(folder))
+
+
+def _expected_outputs(*names):
+    return sorted(["coco_results.json"] + [n + s for n in names for s in OUTPUTS])
+
+
+def _summary_line(err):
+    (line,) = [line for line in err.splitlines() if " image(s) predicted, " in line]
+    return line
+
+
+def _coco(folder):
+    with open(os.path.join(folder, "coco_results.json")) as f:
+        return json.load(f)
+
+
+def _no_temp_files(folder):
+    return [n for n in os.listdir(folder) if n.endswith(".tmp")] == []
+
+
+def _subprocess(args, timeout=300):
+    return subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=dict(os.environ), text=True,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=timeout)
+
+
+# ------------------------------------------------------------------ weights of another model
+def test_eval_only_with_mask_rcnn_weights_on_iaunet_config(weights, tmp_path):
+    out = tmp_path / "eval"
+    proc = _subprocess(["train_net.py", "--config-file", IAUNET_CFG, "--eval-only",
+                        "MODEL.WEIGHTS", weights["rcnn"], "MODEL.DEVICE", "cpu", "OUTPUT_DIR", str(out)])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith(f"error: Weights '{weights['rcnn']}' do not match the IAUNet model"), last
+    assert "Use the config the weights were trained with" in last
+    assert "Traceback" not in proc.stderr
+    # The run stopped before evaluating: no inference folder, no results, no metrics.
+    assert not (out / "inference").exists()
+    assert set(os.listdir(out)) <= {"config.yaml", "log.txt"}
+
+
+def test_predict_with_mask_rcnn_weights_uses_the_same_check(weights, tmp_path):
+    _image(tmp_path / "a.png", (40, 40))
+    out = tmp_path / "out"
+    proc = _subprocess(["-m", "iaunet_d2.predict", "--config-file", IAUNET_CFG, "--weights", weights["rcnn"],
+                        "--input", str(tmp_path / "a.png"), "--output", str(out), *SMALL])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    (line,) = _error_lines(proc.stderr)
+    assert line.startswith(f"error: Weights '{weights['rcnn']}' do not match the IAUNet model")
+    assert "Use the config the weights were trained with" in line
+    assert "Traceback" not in proc.stderr
+    assert _outputs_of(out) == []  # checked writable, nothing written
+
+
+# ------------------------------------------------------------------- train_net.py set-up errors
+def test_train_net_config_file_typo(tmp_path):
+    out = tmp_path / "run"
+    typo = "configs/demo/iaunet_R18_smal.yaml"
+    proc = _subprocess(["train_net.py", "--config-file", typo, "OUTPUT_DIR", str(out)], timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [f"error: Config file '{typo}' not found."]
+    assert "Traceback" not in proc.stderr + proc.stdout
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("opts, expected", [
+    (["MODEL.NOPE", "1"], "Non-existent key: MODEL.NOPE"),
+    (["SOLVER.MAX_ITER", "abc"], "for config key: SOLVER.MAX_ITER"),
+    (["SOLVER.MAX_ITER"], "odd length"),
+    (["DATASETS.TEST", "('cells_nope_val',)"], "Dataset 'cells_nope_val' is not registered"),
+], ids=["unknown_key", "bad_value", "key_without_value", "unknown_dataset"])
+def test_train_net_bad_override_is_one_line_naming_the_key(opts, expected, tmp_path, capsys):
+    out = tmp_path / "run"
+    status = train_net.cli(["--config-file", IAUNET_CFG, "OUTPUT_DIR", str(out), *opts])
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = _error_lines(err)
+    assert expected in line
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("eval_only", [True, False], ids=["eval_only", "train"])
+def test_train_net_missing_weights_file(eval_only, tmp_path, capsys):
+    out, missing = tmp_path / "run", str(tmp_path / "model_fnial.pth")
+    status = train_net.cli(["--config-file", IAUNET_CFG, *(["--eval-only"] if eval_only else []),
+                            "MODEL.WEIGHTS", missing, "OUTPUT_DIR", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert _error_lines(err) == [f"error: MODEL.WEIGHTS '{missing}' not found."]
+    assert not out.exists()
+
+
+# ------------------------------------------------------------------------ text file as weights
+def _assert_unreadable_checkpoint(line, path):
+    assert line.startswith(f"error: Cannot read checkpoint {path}"), line
+    assert "not a PyTorch/Detectron2 checkpoint" in line
+    assert "text file" in line
+    assert "KeyError" not in line and "weights_only" not in line
+
+
+def test_eval_only_with_a_text_file_as_weights(weights, tmp_path):
+    out = tmp_path / "eval"
+    proc = _subprocess(["train_net.py", "--config-file", IAUNET_CFG, "--eval-only",
+                        "MODEL.WEIGHTS", weights["last_checkpoint"], "MODEL.DEVICE", "cpu",
+                        "OUTPUT_DIR", str(out)])
+    assert proc.returncode == 2, proc.stderr[-3000:]
+    _assert_unreadable_checkpoint(proc.stderr.strip().splitlines()[-1], weights["last_checkpoint"])
+    assert "KeyError" not in proc.stderr and "Traceback" not in proc.stderr
+    assert not (out / "inference").exists()
+
+
+@pytest.mark.parametrize("which", ["last_checkpoint", "notes"])
+def test_predict_with_a_text_file_as_weights(which, weights, tmp_path, capsys):
+    _image(tmp_path / "a.png", (40, 40))
+    status = _predict(weights[which], tmp_path / "a.png", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = _error_lines(err)
+    _assert_unreadable_checkpoint(line, weights[which])
+    assert "KeyError" not in err
+    assert _outputs_of(tmp_path / "out") == []
+
+
+# ------------------------------------------------------------------------ unusable --output
+@pytest.fixture
+def no_model(monkeypatch):
+    """Fail the test if the prediction CLI gets as far as building the model."""
+    def refuse(cfg):
+        raise AssertionError("the model was loaded although the run cannot write its outputs")
+
+    monkeypatch.setattr(predict, "load_predictor", refuse)
+
+
+def _output_is_a_file(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("keep me")
+    return path, "is a file"
+
+
+def _output_under_a_file(tmp_path):
+    (tmp_path / "results.csv").write_text("keep me")
+    return tmp_path / "results.csv" / "out", "lies under the file"
+
+
+def _output_read_only(tmp_path):
+    if os.geteuid() == 0:
+        pytest.skip("root can write into a read-only folder")
+    folder = tmp_path / "readonly"
+    folder.mkdir()
+    folder.chmod(0o500)
+    return folder, "cannot be written"
+
+
+def _output_in_proc(tmp_path):
+    if not os.path.isdir("/proc/self"):
+        pytest.skip("no /proc file system")
+    return "/proc/iaunet_d2_predictions", "cannot be created"
+
+
+@pytest.mark.parametrize("make_output", [_output_is_a_file, _output_under_a_file, _output_read_only,
+                                         _output_in_proc],
+                         ids=["file", "under_a_file", "read_only_folder", "under_proc"])
+def test_predict_bad_output_fails_before_the_model_loads(make_output, weights, tmp_path, no_model, capsys):
+    _image(tmp_path / "a.png", (40, 40))
+    output, says = make_output(tmp_path)
+    before = sorted(os.listdir(tmp_path))
+    try:
+        status = _predict(weights["iaunet"], tmp_path / "a.png", output)
+    finally:
+        if os.path.isdir(tmp_path / "readonly"):
+            (tmp_path / "readonly").chmod(0o700)
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = _error_lines(err)
+    assert line.startswith(f"error: --output '{output}' {says}"), line
+    assert sorted(os.listdir(tmp_path)) == before
+    if (tmp_path / "results.csv").exists():
+        assert (tmp_path / "results.csv").read_text() == "keep me"
+    if os.path.isdir(tmp_path / "readonly"):
+        assert os.listdir(tmp_path / "readonly") == []
+
+
+# --------------------------------------------------------------------- a full disk midway
+def _enospc(path):
+    return OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), path)
+
+
+def _fail_rename(monkeypatch, target):
+    """The 2nd file's rename fails: the 1st file of the set is already in place."""
+    real = os.replace
+
+    def replace(src, dst, *args, **kwargs):
+        if os.path.basename(dst) == target:
+            raise _enospc(dst)
+        return real(src, dst, *args, **kwargs)
+
+    monkeypatch.setattr(file_io.os, "replace", replace)
+
+
+def _fail_temp_file(monkeypatch, target):
+    """The 2nd file's temporary file cannot be created: the 1st one is written."""
+    real = tempfile.mkstemp
+
+    def mkstemp(*args, **kwargs):
+        if kwargs.get("prefix", "").startswith(target + "."):
+            raise _enospc(os.path.join(kwargs.get("dir", ""), kwargs["prefix"]))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(file_io.tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.parametrize("fail", [_fail_rename, _fail_temp_file], ids=["rename", "temp_file"])
+def test_disk_full_while_writing_one_image_leaves_none_of_its_files(fail, weights, tmp_path, monkeypatch,
+                                                                   capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    for k, name in enumerate(("a", "b", "c")):
+        _image(folder / f"{name}.png", (48, 56), seed=k)
+    # The files of a set are written in order labels, overlay, table: fail the overlay of b.
+    fail(monkeypatch, "b_overlay.png")
+    status = _predict(weights["iaunet"], folder, out)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert _outputs_of(out) == _expected_outputs("a", "c")
+    assert _no_temp_files(out)
+    coco = _coco(out)
+    assert sorted(im["output_name"] for im in coco["images"]) == ["a", "c"]
+    assert {a["image_id"] for a in coco["annotations"]} <= {im["id"] for im in coco["images"]}
+    for im in coco["images"]:  # every image in the json has all of its files
+        assert all((out / (im["output_name"] + s)).is_file() for s in OUTPUTS)
+    (failure,) = [line for line in err.splitlines() if line.startswith("  ") and "b.png" in line]
+    assert str(out / "b_overlay.png") in failure
+    assert "No space left on device" in failure and "MiB free" in failure
+    assert "2 of 3 image(s) predicted" in _summary_line(err)
+    assert "0 skipped, 1 failed" in _summary_line(err)
+
+
+# ----------------------------------------------------------------------------- odd images
+def test_tiny_images_are_skipped(weights, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _image(folder / "one_px.png", (1, 1))
+    _image(folder / "five_px.tif", (5, 5))
+    _image(folder / "thin.png", (15, 60))
+    _image(folder / "smallest.png", (16, 60))
+    _image(folder / "good.png", (40, 48, 3))
+    status = _predict(weights["iaunet"], folder, out)
+    err = capsys.readouterr().err
+    assert status == 1
+    assert _outputs_of(out) == _expected_outputs("good", "smallest")
+    for name, size in (("one_px.png", "1x1"), ("five_px.tif", "5x5"), ("thin.png", "60x15")):
+        (line,) = [line for line in err.splitlines() if line.startswith(f"  {folder / name}: ")]
+        assert f"image is {size} px" in line and "minimum is 16 px" in line
+    assert "2 of 5 image(s) predicted" in _summary_line(err)
+    assert "3 skipped, 0 failed" in _summary_line(err)
+    assert tifffile.imread(out / "smallest_labels.tif").shape == (16, 60)
+
+
+def test_time_lapse_needs_plane(weights, tmp_path, capsys):
+    frames = np.random.default_rng(4).integers(0, 4000, (20, 40, 48)).astype(np.uint16)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    tifffile.imwrite(folder / "movie.tif", frames)
+    status = _predict(weights["iaunet"], folder / "movie.tif", tmp_path / "o1")
+    err = capsys.readouterr().err
+    assert status == 1
+    (line,) = [line for line in err.splitlines() if line.startswith(f"  {folder / 'movie.tif'}: ")]
+    assert "20 planes" in line and "--plane" in line
+    assert _outputs_of(tmp_path / "o1") == ["coco_results.json"]
+    assert _coco(tmp_path / "o1")["images"] == []
+
+    # With --plane, the stack gives the prediction of that frame saved on its own.
+    tifffile.imwrite(folder / "frame3.tif", frames[3])
+    status = _predict(weights["iaunet"], folder, tmp_path / "o2", "--plane", "3")
+    assert status == 0, capsys.readouterr().err
+    labels = tifffile.imread(tmp_path / "o2" / "movie_labels.tif")
+    assert labels.shape == (40, 48) and labels.dtype == np.uint16
+    assert np.array_equal(labels, tifffile.imread(tmp_path / "o2" / "frame3_labels.tif"))
+
+
+def test_channel_on_a_folder_mixing_gray_and_colour(weights, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    rgb = np.random.default_rng(5).integers(0, 255, (44, 52, 3)).astype(np.uint8)
+    assert cv2.imwrite(str(folder / "colour.png"), rgb[..., ::-1])  # OpenCV writes BGR
+    tifffile.imwrite(folder / "colour.tif", rgb)
+    assert cv2.imwrite(str(folder / "green.png"), rgb[..., 1])  # channel 1 as a gray image
+    tifffile.imwrite(folder / "gray16.tif", np.random.default_rng(6).integers(0, 4000, (44, 52)).astype(np.uint16))
+    status = _predict(weights["iaunet"], folder, out, "--channel", "1")
+    err = capsys.readouterr().err
+    assert status == 0, err
+    names = ("colour_png", "colour_tif", "green", "gray16")
+    assert _outputs_of(out) == _expected_outputs(*names)
+    assert "4 of 4 image(s) predicted" in _summary_line(err)
+    # --channel 1 picks green (RGB order) in PNG and TIFF alike and uses it as gray.
+    green = tifffile.imread(out / "green_labels.tif")
+    for name in ("colour_png", "colour_tif"):
+        assert np.array_equal(tifffile.imread(out / f"{name}_labels.tif"), green)
+
+
+# ---------------------------------------------------------------------- the command line
+def test_several_input_values_as_from_an_unquoted_glob(weights, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _image(folder / "a.png", (40, 40), seed=1)
+    _image(folder / "b.tif", (40, 40), seed=2)
+    _image(folder / "c.png", (40, 40, 3), seed=3)
+    # `--input in/*` expanded by the shell, plus one file named twice
+    inputs = [folder / "a.png", folder / "b.tif", folder / "c.png", folder / "a.png"]
+    status = _predict(weights["iaunet"], inputs, out)
+    err = capsys.readouterr().err
+    assert status == 0, err
+    assert _outputs_of(out) == _expected_outputs("a", "b", "c")
+    assert "3 of 3 image(s) predicted" in _summary_line(err)
+    assert len(_coco(out)["images"]) == 3
+
+
+def test_config_key_among_the_inputs_gets_a_hint(weights, tmp_path, no_model, capsys):
+    _image(tmp_path / "a.tif", (40, 40))
+    out = tmp_path / "out"
+    # argparse gives --input everything up to the next option: a.tif MODEL.DEVICE cpu
+    status = predict.main(["--config-file", IAUNET_CFG, "--weights", weights["iaunet"],
+                           "--input", str(tmp_path / "a.tif"), "MODEL.DEVICE", "cpu", "--output", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = _error_lines(err)
+    assert line.startswith("error: --input 'MODEL.DEVICE' names no image")
+    assert "put KEY VALUE overrides last" in line
+    assert not out.exists()
+
+
+# ------------------------------------------------------------- unreadable files (still fine)
+def test_unreadable_files_are_skipped_with_a_reason(weights, tmp_path, capsys):
+    folder, out = tmp_path / "in", tmp_path / "out"
+    folder.mkdir()
+    _image(folder / "good.png", (40, 48))
+    data = cv2.imencode(".png", np.full((64, 64), 99, np.uint8))[1].tobytes()
+    (folder / "truncated.png").write_bytes(data[: len(data) // 2])
+    (folder / "empty.tif").write_bytes(b"")
+    (folder / "notes.jpg").write_text("not an image\n")
+    status = _predict(weights["iaunet"], folder, out)
+    err = capsys.readouterr().err
+    assert status == 1
+    for name in ("truncated.png", "empty.tif", "notes.jpg"):
+        (line,) = [line for line in err.splitlines() if line.startswith(f"  {folder / name}: ")]
+        assert len(line) > len(f"  {folder / name}: ") + 10  # a reason follows
+    assert "1 of 4 image(s) predicted" in _summary_line(err)
+    assert "3 skipped, 0 failed" in _summary_line(err)
+    assert _outputs_of(out) == _expected_outputs("good")
+    assert _no_temp_files(out)
+    rows = list(csv.DictReader(open(out / "good_cells.csv")))
+    assert len(rows) == len(_coco(out)["annotations"])
