@@ -617,15 +617,20 @@ def prepare_output_dir(path):
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise PredictionError(f"--output '{path}' is a file; give a folder.")
+    parent = os.path.dirname(os.path.abspath(path))
+    while not os.path.exists(parent) and os.path.dirname(parent) != parent:
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise PredictionError(f"--output '{path}' lies under the file '{parent}'; give a folder.")
     try:
         os.makedirs(path, exist_ok=True)
     except OSError as e:
-        raise PredictionError(f"Cannot create the --output folder '{path}': {e.strerror or e}.") from e
+        raise PredictionError(f"--output '{path}' cannot be created: {e.strerror or e}.") from e
     try:
         with tempfile.TemporaryFile(dir=path):
             pass
     except OSError as e:
-        raise PredictionError(f"Cannot write into the --output folder '{path}': {e.strerror or e}.") from e
+        raise PredictionError(f"--output '{path}' cannot be written: {e.strerror or e}.") from e
 
 
 # -------------------------------------------------------------------------------- CLI

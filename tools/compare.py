@@ -33,6 +33,7 @@ import math  # noqa: E402
 
 import iaunet_d2  # noqa: E402,F401  (registers the project's models)
 import iaunet_d2.modeling.backbone  # noqa: E402,F401  (registers build_swin_backbone)
+from iaunet_d2.engine.checkpoint import CheckpointReadError  # noqa: E402
 
 COLUMNS = ["model", "backbone", "AP", "AP50", "AP75", "APs", "APm", "APl", "#params (M)", "GFLOPs",
            "GFLOPs paper conv."]
@@ -113,7 +114,8 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
         cfg = build_config(path, run_opts)
         model = build_model(cfg)
         if weights:
-            AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).resume_or_load(weights, resume=False)
+            # Strict, as train_net.py --eval-only: weights of another model are refused.
+            AtomicCheckpointer(model, save_dir=cfg.OUTPUT_DIR).load_weights(weights, strict=True)
         log(f"[{path}] evaluating on {dataset}")
         results = Trainer.test(cfg, model)
     segm = _segm_results(results, dataset)
@@ -218,9 +220,13 @@ def main(argv=None):
         out_dir = ""
         if args.train_iters > 0:
             out_dir = os.path.join(args.output + "_runs", f"{i}_{_config_name(path)}")
-        rows.append(evaluate_config(path, args.opts, weights, args.train_iters, args.dataset,
-                                    out_dir, args.flops_size,
-                                    log=lambda msg: print(msg, flush=True)))
+        try:
+            rows.append(evaluate_config(path, args.opts, weights, args.train_iters, args.dataset,
+                                        out_dir, args.flops_size,
+                                        log=lambda msg: print(msg, flush=True)))
+        except CheckpointReadError as e:  # unreadable weights, or weights of another model
+            print(f"error: {e}", file=sys.stderr)
+            return 2
     text = write_table(rows, args.output)
     plot_chart(rows, args.output + ".png")
     print(text)

@@ -33,6 +33,26 @@ def _free_space(folder):
         return "unknown space"
 
 
+def _why_unreadable(filename, error):
+    """One line on why ``filename`` could not be loaded: callers print it as the last
+    line of a failed run, so it must keep the file name and fit on one line."""
+    try:
+        with open(filename, "rb") as f:
+            head = f.read(256)
+    except OSError:
+        head = None
+    if head == b"":
+        return "the file is empty"
+    if head and all(32 <= b < 127 or b in b"\t\n\r" for b in head):
+        # The unpickler reads text as opcodes and fails with KeyError, IndexError, ...
+        start = head.decode("ascii").strip().splitlines()[0][:40] if head.strip() else ""
+        return f"it is a text file (starting {start!r})"
+    # torch.load's messages span many lines; the first sentence says what failed.
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    reason = lines[0].split(". ")[0].rstrip(".") if lines else ""
+    return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that writes checkpoints and the ``last_checkpoint`` tag
     atomically, so ``--resume`` never meets a truncated file, and that names the
@@ -70,8 +90,7 @@ class AtomicCheckpointer(DetectionCheckpointer):
             checkpoint = super()._load_file(filename)
         except Exception as e:  # whatever the unpickler meets in a file that is not a checkpoint
             raise CheckpointReadError(
-                f"Cannot read checkpoint {filename}: {type(e).__name__}: "
-                f"{str(e).rstrip('.')}. "
+                f"Cannot read checkpoint {filename}: {_why_unreadable(filename, e)}. "
                 "The file is truncated, corrupt or not a PyTorch/Detectron2 checkpoint."
             ) from e
         if not isinstance(checkpoint, dict) or not isinstance(checkpoint.get("model"), dict):
