@@ -122,6 +122,52 @@ def add_iaunet_config(cfg):
     # model's device; meant for CUDA). Post-processing always runs in fp32.
     cfg.MODEL.IAUNET.TEST.AMP = ""
 
+    # ---------------------------------------------------------------- Mask2Former
+    # The query-based baseline (META_ARCHITECTURE "Mask2Former"); defaults are
+    # Mask2Former's instance-segmentation settings.
+    cfg.MODEL.MASK2FORMER = CN()
+    cfg.MODEL.MASK2FORMER.NUM_CLASSES = 1
+    # Backbone levels used: the deformable encoder's (1/8..1/32) plus the finer ones
+    # (res2) that the FPN step turns into the 1/4 mask features.
+    cfg.MODEL.MASK2FORMER.IN_FEATURES = ["res2", "res3", "res4", "res5"]
+    # Levels encoded by the deformable-attention encoder (and attended by the decoder).
+    cfg.MODEL.MASK2FORMER.DEFORMABLE_IN_FEATURES = ["res3", "res4", "res5"]
+    cfg.MODEL.MASK2FORMER.SIZE_DIVISIBILITY = 32
+    # Pixel decoder: width (a multiple of 32: GroupNorm(32)), mask-feature width and
+    # the norm of the FPN convs.
+    cfg.MODEL.MASK2FORMER.CONV_DIM = 256
+    cfg.MODEL.MASK2FORMER.MASK_DIM = 256
+    cfg.MODEL.MASK2FORMER.NORM = "GN"
+    # Deformable encoder: layers, FFN width and sampling points per head and level.
+    cfg.MODEL.MASK2FORMER.ENC_LAYERS = 6
+    cfg.MODEL.MASK2FORMER.ENC_DIM_FEEDFORWARD = 1024
+    cfg.MODEL.MASK2FORMER.ENC_NUM_POINTS = 4
+    # Transformer decoder (NHEADS also sets the encoder's heads; DROPOUT both).
+    cfg.MODEL.MASK2FORMER.NUM_QUERIES = 100
+    cfg.MODEL.MASK2FORMER.HIDDEN_DIM = 256
+    cfg.MODEL.MASK2FORMER.NHEADS = 8
+    cfg.MODEL.MASK2FORMER.DIM_FEEDFORWARD = 2048
+    cfg.MODEL.MASK2FORMER.DROPOUT = 0.0
+    # Masked-attention layers; predictions come before the first and after every
+    # layer, i.e. DEC_LAYERS + 1 of them.
+    cfg.MODEL.MASK2FORMER.DEC_LAYERS = 9
+    # Supervise every prediction (losses with suffixes _0.._{DEC_LAYERS-1}), not just the last.
+    cfg.MODEL.MASK2FORMER.DEEP_SUPERVISION = True
+    # Matching costs and loss weights (the same values serve both).
+    cfg.MODEL.MASK2FORMER.CLASS_WEIGHT = 2.0
+    cfg.MODEL.MASK2FORMER.MASK_WEIGHT = 5.0
+    cfg.MODEL.MASK2FORMER.DICE_WEIGHT = 5.0
+    cfg.MODEL.MASK2FORMER.NO_OBJECT_WEIGHT = 0.1
+    # Points per mask for matching and losses, and the importance sampling of the loss
+    # points (OVERSAMPLE_RATIO x candidates, IMPORTANCE_SAMPLE_RATIO of them uncertain).
+    cfg.MODEL.MASK2FORMER.TRAIN_NUM_POINTS = 112 * 112
+    cfg.MODEL.MASK2FORMER.OVERSAMPLE_RATIO = 3.0
+    cfg.MODEL.MASK2FORMER.IMPORTANCE_SAMPLE_RATIO = 0.75
+    # Inference keeps the TEST.DETECTIONS_PER_IMAGE best (query, class) pairs; a mask is
+    # the pixels with probability > MASK_THRESH.
+    cfg.MODEL.MASK2FORMER.TEST = CN()
+    cfg.MODEL.MASK2FORMER.TEST.MASK_THRESH = 0.5
+
 
 def apply_pretrained_policy(cfg):
     """Pick backbone normalization and freezing from whether weights are given.

@@ -437,8 +437,9 @@ def test_unknown_category_names_file_annotation_and_setting(tmp_path):
         _clean(copy.deepcopy(dicts), num_classes=1)
     assert str(info.value) == (
         f"Dataset 'cells': annotation 42 of '{dicts[0]['file_name']}' has category 1, but the "
-        "model knows 1 class(es) (0..0); set MODEL.IAUNET.NUM_CLASSES (IAUNet) or "
-        "MODEL.ROI_HEADS.NUM_CLASSES (R-CNN) to the dataset's number of categories.")
+        "model knows 1 class(es) (0..0); set MODEL.IAUNET.NUM_CLASSES (IAUNet), "
+        "MODEL.MASK2FORMER.NUM_CLASSES (Mask2Former) or MODEL.ROI_HEADS.NUM_CLASSES (R-CNN) "
+        "to the dataset's number of categories.")
     with pytest.raises(DatasetError, match="annotation 3 of .* has category -1"):
         _clean([_record(tmp_path, 2, [_anno(3, category_id=-1)])], num_classes=1)
     assert _ids(_clean(dicts, num_classes=2)[0]) == [1, 42]

@@ -18,7 +18,8 @@ mask through mask NMS.
 
 "paper conv." is the count in the convention of the IAUNet paper's tables, which differs
 for R-CNN models: there, FLOPs are fvcore's multiply-adds (not twice them) and PointRend's
-point head is left out (see iaunet_d2.utils.analysis.paper_convention_flops). The last
+point head is left out (see iaunet_d2.utils.analysis.paper_convention_flops). The paper's
+Mask2Former rows are fvcore's multiply-adds too. The last
 columns compare it and the parameter count with the paper's Tables 1-2.
 Trailing ``KEY VALUE`` pairs override every config.
 """
@@ -59,6 +60,10 @@ PAPER_TARGETS = {
     ("PointRend", "R101"): (75, 85.7),
     ("PointRend", "Swin-S"): (81, 92.9),
     ("PointRend", "Swin-B"): (119, 131),
+    ("Mask2Former", "R50"): (44, 66.2),
+    ("Mask2Former", "R101"): (63, 85.6),
+    ("Mask2Former", "Swin-S"): (69, 92.8),
+    ("Mask2Former", "Swin-B"): (107, 134),
 }
 
 
@@ -164,7 +169,7 @@ def main(argv=None):
     out = [f"Input 1x3x{height}x{width}. GFLOPs = 2 x fvcore multiply-adds{counted}, R-CNNs "
            "at full load (all proposals, TEST.DETECTIONS_PER_IMAGE detections). GFLOPs paper "
            "conv. = the paper's convention: the same for IAUNet; fvcore multiply-adds "
-           "without PointRend's point head for R-CNNs.", "",
+           "without PointRend's point head for R-CNNs; fvcore multiply-adds for Mask2Former.", "",
            render(rows, header, args.format)]
 
     if args.per_module:

@@ -13,7 +13,7 @@ same input size / median latency) as a fraction of the conv ceiling.
 Models are random-initialised (MODEL.WEIGHTS is ignored). So that random models do
 their full test-time work, they run at full load (R-CNN: all MODEL.RPN.POST_NMS_TOPK_TEST
 proposals through the box head, TEST.DETECTIONS_PER_IMAGE detections through the mask
-head; IAUNet: every query's mask through mask NMS; see
+head; IAUNet: every query's mask through mask NMS; Mask2Former: its top-k, always; see
 iaunet_d2.utils.analysis.full_test_workload); --no-fair keeps the configs' thresholds
 and NMS. Inference runs one image under torch.inference_mode; the training step
 is forward + backward + optimizer step on a synthetic batch of random discs.

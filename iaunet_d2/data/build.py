@@ -13,7 +13,9 @@ from detectron2.data import build_detection_test_loader, build_detection_train_l
 from detectron2.data.build import print_instances_class_histogram
 from detectron2.data.samplers import RepeatFactorTrainingSampler, TrainingSampler
 
-from .validation import DatasetError, SkipUnreadable, clean_dataset_dicts, model_num_classes
+from .validation import (
+    DatasetError, SkipUnreadable, clean_dataset_dicts, model_num_classes, model_num_queries,
+)
 
 __all__ = ["build_cell_test_loader", "build_cell_train_loader", "load_checked_dicts"]
 
@@ -29,7 +31,7 @@ def load_checked_dicts(cfg, names, is_train):
     Raises:
         DatasetError: see :func:`clean_dataset_dicts`; also an empty split.
     """
-    num_queries = cfg.MODEL.IAUNET.NUM_QUERIES if cfg.MODEL.META_ARCHITECTURE == "IAUNet" else None
+    num_queries = model_num_queries(cfg)
     all_dicts = []
     for name in names:
         dicts = DatasetCatalog.get(name)
@@ -38,6 +40,7 @@ def load_checked_dicts(cfg, names, is_train):
         all_dicts.append(clean_dataset_dicts(
             dicts, name, num_classes=model_num_classes(cfg), is_train=is_train,
             num_queries=num_queries, mask_on=cfg.MODEL.MASK_ON,
+            queries_key=f"MODEL.{cfg.MODEL.META_ARCHITECTURE.upper()}.NUM_QUERIES",
         ))
     dicts = list(itertools.chain.from_iterable(all_dicts))
     if is_train and cfg.DATALOADER.FILTER_EMPTY_ANNOTATIONS:

@@ -17,8 +17,8 @@ no segmentation                    annotation dropped and counted
 box entirely outside the image     annotation dropped and counted
 image without annotations          counted (kept as a "no cell" example unless
                                    DATALOADER.FILTER_EMPTY_ANNOTATIONS)
-more cells than NUM_QUERIES        warning naming the image (IAUNet predicts at most
-                                   NUM_QUERIES cells per image)
+more cells than NUM_QUERIES        warning naming the image (IAUNet and Mask2Former
+                                   predict at most NUM_QUERIES cells per image)
 =================================  ==================================================
 
 Unreadable images and images whose size differs from the annotation's are found
@@ -34,7 +34,9 @@ import pycocotools.mask as mask_util
 import torch.utils.data as torchdata
 from detectron2.structures import BoxMode
 
-__all__ = ["DatasetError", "SkipUnreadable", "clean_dataset_dicts", "model_num_classes"]
+__all__ = [
+    "DatasetError", "SkipUnreadable", "clean_dataset_dicts", "model_num_classes", "model_num_queries",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -50,7 +52,18 @@ def model_num_classes(cfg):
     """Number of classes the config's model predicts."""
     if cfg.MODEL.META_ARCHITECTURE == "IAUNet":
         return int(cfg.MODEL.IAUNET.NUM_CLASSES)
+    if cfg.MODEL.META_ARCHITECTURE == "Mask2Former":
+        return int(cfg.MODEL.MASK2FORMER.NUM_CLASSES)
     return int(cfg.MODEL.ROI_HEADS.NUM_CLASSES)
+
+
+def model_num_queries(cfg):
+    """Most instances per image the config's model can predict (None: no fixed limit)."""
+    if cfg.MODEL.META_ARCHITECTURE == "IAUNet":
+        return int(cfg.MODEL.IAUNET.NUM_QUERIES)
+    if cfg.MODEL.META_ARCHITECTURE == "Mask2Former":
+        return int(cfg.MODEL.MASK2FORMER.NUM_QUERIES)
+    return None
 
 
 def _examples(items):
@@ -100,7 +113,8 @@ def _box_outside(anno, height, width):
     return x >= width or y >= height or x + w <= 0 or y + h <= 0
 
 
-def clean_dataset_dicts(dicts, name, *, num_classes, is_train, num_queries=None, mask_on=True):
+def clean_dataset_dicts(dicts, name, *, num_classes, is_train, num_queries=None, mask_on=True,
+                        queries_key="MODEL.IAUNET.NUM_QUERIES"):
     """Check and clean one split's dataset dicts (see the module docstring).
 
     Args:
@@ -109,6 +123,7 @@ def clean_dataset_dicts(dicts, name, *, num_classes, is_train, num_queries=None,
         num_classes (int): classes of the model; category ids must be below it.
         is_train (bool): training (skip missing files) or evaluation (refuse them).
         num_queries (int or None): warn about images with more cells than this.
+        queries_key (str): the config key of ``num_queries``, for the warning.
         mask_on (bool): annotations need a segmentation.
 
     Returns:
@@ -148,8 +163,9 @@ def clean_dataset_dicts(dicts, name, *, num_classes, is_train, num_queries=None,
                 raise DatasetError(
                     f"Dataset '{name}': annotation {which} of '{file_name}' has "
                     f"category {category}, but the model knows {num_classes} class(es) "
-                    f"(0..{num_classes - 1}); set MODEL.IAUNET.NUM_CLASSES (IAUNet) or "
-                    "MODEL.ROI_HEADS.NUM_CLASSES (R-CNN) to the dataset's number of categories."
+                    f"(0..{num_classes - 1}); set MODEL.IAUNET.NUM_CLASSES (IAUNet), "
+                    "MODEL.MASK2FORMER.NUM_CLASSES (Mask2Former) or MODEL.ROI_HEADS.NUM_CLASSES "
+                    "(R-CNN) to the dataset's number of categories."
                 )
             if _box_outside(anno, height, width):
                 dropped["box outside the image"] += 1
@@ -194,9 +210,9 @@ def clean_dataset_dicts(dicts, name, *, num_classes, is_train, num_queries=None,
     for file_name, cells in crowded:
         logger.warning(
             "Dataset '%s': '%s' has %d cells but the model predicts at most %d per image "
-            "(MODEL.IAUNET.NUM_QUERIES): raise NUM_QUERIES, or cut the images into crops "
+            "(%s): raise NUM_QUERIES, or cut the images into crops "
             "with at most %d cells (the converters' --max-instances).",
-            name, file_name, cells, num_queries, num_queries,
+            name, file_name, cells, num_queries, queries_key, num_queries,
         )
     return kept
 

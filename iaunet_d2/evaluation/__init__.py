@@ -14,6 +14,9 @@ def score_threshold_key(cfg):
     """(name, value) of the config key below which a model's detections are dropped."""
     if cfg.MODEL.META_ARCHITECTURE == "IAUNet":
         return "MODEL.IAUNET.TEST.SCORE_THRESH", cfg.MODEL.IAUNET.TEST.SCORE_THRESH
+    if cfg.MODEL.META_ARCHITECTURE == "Mask2Former":
+        # No threshold: its top-k detections per image are all kept.
+        return "TEST.DETECTIONS_PER_IMAGE (top-k)", cfg.TEST.DETECTIONS_PER_IMAGE
     return "MODEL.ROI_HEADS.SCORE_THRESH_TEST", cfg.MODEL.ROI_HEADS.SCORE_THRESH_TEST
 
 

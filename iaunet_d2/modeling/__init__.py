@@ -10,6 +10,7 @@ from . import postprocessing  # noqa: F401
 from . import pixel_decoder  # noqa: F401
 from . import transformer_decoder  # noqa: F401
 from . import meta_arch  # noqa: F401
+from . import mask2former  # noqa: F401
 from .meta_arch import IAUNet  # noqa: F401
 from .pixel_decoder import IAUNET_PIXEL_DECODER_REGISTRY, build_pixel_decoder  # noqa: F401
 from .transformer_decoder import (  # noqa: F401
