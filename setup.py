@@ -28,4 +28,18 @@ setup(
         "tensorboard",
     ],
     extras_require={"test": ["pytest"]},
+    # Each returns the exit status; train_net.py, tools/*.py and datasets/*.py run the same.
+    entry_points={
+        "console_scripts": [
+            "iaunet-train = iaunet_d2.apps.train:cli",
+            "iaunet-predict = iaunet_d2.predict:main",
+            "iaunet-convert-labels = iaunet_d2.apps.convert_labels:main",
+            "iaunet-convert-evican2 = iaunet_d2.apps.convert_evican2:main",
+            "iaunet-convert-livecell-crop = iaunet_d2.apps.convert_livecell_crop:main",
+            "iaunet-analyze = iaunet_d2.apps.analyze_model:main",
+            "iaunet-benchmark = iaunet_d2.apps.benchmark:main",
+            "iaunet-compare = iaunet_d2.apps.compare:main",
+            "iaunet-convergence = iaunet_d2.apps.convergence:main",
+        ],
+    },
 )

@@ -2,12 +2,9 @@
 import atexit
 import os
 import shutil
-import sys
 import tempfile
 
 _REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if _REPO_ROOT not in sys.path:
-    sys.path.insert(0, _REPO_ROOT)
 
 # Generated demo data and any dataset files go to a throwaway root, never ./datasets.
 os.environ["DETECTRON2_DATASETS"] = tempfile.mkdtemp(prefix="iaunet_d2_datasets_")

@@ -1,6 +1,5 @@
 """Parameter / FLOP counting utilities and the analyze_model CLI."""
 import os
-import sys
 
 import pytest
 import torch
@@ -117,11 +116,8 @@ def test_mask_rcnn_counts():
 
 
 def _run_cli(capsys, *args):
-    sys.path.insert(0, os.path.join(_ROOT, "tools"))
-    try:
-        import analyze_model
-    finally:
-        sys.path.pop(0)
+    from iaunet_d2.apps import analyze_model
+
     assert analyze_model.main(list(args)) == 0
     return capsys.readouterr()
 

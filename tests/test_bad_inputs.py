@@ -18,8 +18,8 @@ import torch
 from detectron2.modeling import build_model
 
 import iaunet_d2  # noqa: F401
-import train_net
 from iaunet_d2 import predict
+from iaunet_d2.apps import train as train_net
 from iaunet_d2.engine import build_config
 from iaunet_d2.utils import file_io
 

@@ -1,13 +1,14 @@
-"""tools/benchmark.py and tools/compare.py on tiny models (seconds, not measurements)."""
+"""tools/benchmark.py and tools/compare.py (iaunet_d2.apps) on tiny models (seconds, not
+measurements)."""
 import csv
-import importlib.util
+import importlib
 import json
 import os
 
 import iaunet_d2  # noqa: F401
 import pytest
 
-from iaunet_d2.utils.benchmark import (
+from iaunet_d2.apps.benchmark_lib import (
     TABLE_COLUMNS,
     measure_ceiling,
     measure_peak_memory,
@@ -34,11 +35,8 @@ TINY_OPTS = [
 
 
 def _load_tool(name):
-    path = os.path.join(REPO_ROOT, "tools", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(f"_tool_{name}", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    """The application behind tools/<name>.py."""
+    return importlib.import_module(f"iaunet_d2.apps.{name}")
 
 
 def test_ceiling_is_positive():

@@ -1,6 +1,6 @@
-"""tools/convergence.py: fairness checks, metrics parsing, tables and chart, a tiny run."""
+"""tools/convergence.py (iaunet_d2.apps.convergence): fairness checks, metrics parsing,
+tables and chart, a tiny run."""
 import csv
-import importlib.util
 import json
 import os
 
@@ -12,11 +12,9 @@ DEMO_IAUNET_SMALL = os.path.join(REPO_ROOT, "configs", "demo", "iaunet_R18_small
 
 
 def _tool():
-    path = os.path.join(REPO_ROOT, "tools", "convergence.py")
-    spec = importlib.util.spec_from_file_location("_tool_convergence", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from iaunet_d2.apps import convergence
+
+    return convergence
 
 
 def test_runs_with_different_batch_or_input_size_are_refused(tmp_path, capsys):

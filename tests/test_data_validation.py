@@ -15,7 +15,7 @@ from detectron2.data import detection_utils as d2_utils
 from detectron2.data.datasets import register_coco_instances
 from detectron2.structures import BoxMode
 
-import train_net
+from iaunet_d2.apps import train as train_net
 from iaunet_d2.data import build as data_build
 from iaunet_d2.data.build import load_checked_dicts
 from iaunet_d2.data.converters import convert_label_folder

@@ -10,8 +10,8 @@ import tifffile
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import register_coco_instances
 
-import train_net
 from iaunet_d2 import predict
+from iaunet_d2.apps import train as train_net
 from iaunet_d2.data import pixel_stats
 from iaunet_d2.data.converters import convert_label_folder
 from iaunet_d2.data.datasets.cells_demo import render_demo_image

@@ -1,4 +1,5 @@
-"""Speed and memory benchmark of Detectron2 models, relative to a baseline.
+"""Speed and memory benchmark of Detectron2 models, relative to a baseline
+(the measurements behind :mod:`iaunet_d2.apps.benchmark`).
 
 Every number that depends on the machine is measured in the same run as the others and
 reported as a ratio: the first model is the baseline (ratio 1.0), and achieved GFLOP/s
@@ -24,7 +25,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 
 import torch
 
-from .analysis import describe_model
+from iaunet_d2.utils.analysis import describe_model
 
 __all__ = [
     "measure_ceiling",
@@ -201,7 +202,7 @@ def measure_peak_memory(fn: Callable[[], object], device: str = "cpu") -> Dict[s
 # ----------------------------------------------------------------------------- models
 def load_benchmark_config(config_file: str, opts: Sequence[str] = (), device: str = "cpu"):
     """Frozen config of ``config_file`` + ``opts`` on ``device``, random init."""
-    from ..engine.defaults import build_config
+    from iaunet_d2.engine.defaults import build_config
 
     base = list(opts) + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""]
     return build_config(config_file, base, prepare_data=False)
@@ -221,8 +222,8 @@ def benchmark_model(cfg, height: int, width: int, repeats: int = 5, warmup: int 
     """
     from detectron2.modeling import build_model
 
-    from ..solver import build_optimizer
-    from .analysis import count_flops, count_parameters, full_test_workload
+    from iaunet_d2.solver import build_optimizer
+    from iaunet_d2.utils.analysis import count_flops, count_parameters, full_test_workload
 
     device = cfg.MODEL.DEVICE
     arch, backbone = describe_model(cfg)

@@ -1,0 +1,1 @@
+"""Command-line applications; the library never imports this package."""
