@@ -49,8 +49,9 @@ def test_summary_and_memory_helpers():
     assert s["median"] == 2.5 and s["min"] == 1.0 and s["max"] == 4.0 and s["iqr"] > 0
     import torch
 
-    mem = measure_peak_memory(lambda: torch.ones(32 * 2 ** 20 // 4).add_(1).sum())
-    assert mem["peak_mib"] >= 0
+    mem = measure_peak_memory(lambda: torch.ones(64 * 2 ** 20 // 4).add_(1).sum())
+    if mem["method"] != "unavailable":  # /proc-based on Linux
+        assert mem["peak_mib"] >= 32  # the 64 MiB tensor, allowing for reused heap
     batch = synthetic_train_batch(48, 40, batch_size=2, num_instances=3)
     assert len(batch) == 2 and batch[0]["instances"].gt_masks.tensor.shape == (3, 48, 40)
     assert batch[0]["instances"].gt_boxes.tensor.shape == (3, 4)
@@ -67,13 +68,17 @@ def test_benchmark_table_on_tiny_models(tmp_path):
     assert any("inference median" in m for m in messages)
     rows = result["rows"]
     assert [r["arch"] for r in rows] == ["Mask R-CNN", "IAUNet"]
-    assert rows[0]["latency_ratio"] == 1.0 and rows[0]["train_ratio"] == 1.0
+    # Ratios to the first row, and achieved GFLOP/s against the measured ceiling.
+    base, other = rows
+    assert other["latency_ratio"] == pytest.approx(other["latency"]["median"] / base["latency"]["median"])
+    assert other["train_ratio"] == pytest.approx(other["train"]["median"] / base["train"]["median"])
     assert rows[0]["detections"] == 10  # full R-CNN load: TEST.DETECTIONS_PER_IMAGE
     for r in rows:
         assert r["latency"]["median"] > 0 and r["latency"]["min"] <= r["latency"]["max"]
         assert r["images_per_s"] > 0 and r["flops"] > 0 and r["params"] > 0
-        assert 0 < r["ceiling_fraction"] < 1.5
-        assert r["train"]["median"] > 0 and r["peak_mem_mib"] >= 0
+        assert r["ceiling_fraction"] == pytest.approx(
+            r["flops"] / 1e9 / r["latency"]["median"] / result["ceiling"]["conv_gflops"])
+        assert r["train"]["median"] > 0
     assert result["ceiling"]["conv_gflops"] > 0
     table = table_rows(result)
     assert len(table) == 2 and all(len(row) == len(TABLE_COLUMNS) for row in table)
@@ -89,7 +94,7 @@ def test_benchmark_cli_writes_outputs(tmp_path, capsys):
                     "--warmup", "0", "--skip-train", "--output", out, *TINY_OPTS])
     assert rc == 0
     data = json.load(open(out + ".json"))
-    assert data["rows"][0]["latency_ratio"] == 1.0 and data["rows"][0]["train"] is None
+    assert data["rows"][0]["latency"]["median"] > 0 and data["rows"][0]["train"] is None
     assert "fraction of conv ceiling" in open(out + ".md").read()
     assert "inference median" in capsys.readouterr().out
 

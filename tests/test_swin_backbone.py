@@ -29,10 +29,6 @@ def backbone():
     return build_backbone(_cfg()).eval()
 
 
-def test_registered():
-    assert "build_swin_backbone" in BACKBONE_REGISTRY
-
-
 def test_output_shape(backbone):
     assert isinstance(backbone, SwinBackbone)
     assert backbone.size_divisibility == 32

@@ -13,12 +13,13 @@ import numpy as np
 import pytest
 import torch
 from detectron2.data import DatasetCatalog
+from detectron2.engine import AMPTrainer, SimpleTrainer
 from detectron2.structures import Boxes, Instances
 from pycocotools import mask as mask_util
 
 import iaunet_d2  # noqa: F401
 from iaunet_d2.engine import (
-    AtomicCheckpointer, CheckpointWriteError, FiniteLossTrainer, Trainer, build_config,
+    AtomicCheckpointer, CheckpointWriteError, Trainer, attach_finite_loss_check, build_config,
 )
 from iaunet_d2.evaluation import build_coco_evaluator
 from iaunet_d2.solver import build_lr_scheduler, build_optimizer
@@ -114,7 +115,8 @@ class _ScriptedLossModel(torch.nn.Module):
 def test_non_finite_loss_stops_training_naming_iteration_and_term():
     model = _ScriptedLossModel(nan_at=2)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
-    trainer = FiniteLossTrainer(model, [[{}]] * 10, optimizer)
+    trainer = SimpleTrainer(model, [[{}]] * 10, optimizer)
+    attach_finite_loss_check(model, lambda: trainer.iter)
     with pytest.raises(FloatingPointError) as err:
         trainer.train(0, 10)
     message = str(err.value)
@@ -122,6 +124,19 @@ def test_non_finite_loss_stops_training_naming_iteration_and_term():
     assert "loss_good" in message
     # The NaN step never reached the weights: two finite SGD steps of size 0.1.
     assert model.weight.item() == pytest.approx(0.8)
+
+
+def test_the_check_is_on_with_and_without_amp(tmp_path):
+    """The check is a forward hook on the model, so the AMP trainer (CUDA only) keeps it."""
+    from iaunet_d2.engine import FiniteLossCheck
+
+    for amp in (False, True):
+        cfg = build_config(DEMO_MASK_RCNN, tiny_rcnn_opts(tmp_path / str(amp), max_iter=1)
+                           + ["SOLVER.AMP.ENABLED", str(amp)])
+        trainer = Trainer(cfg)
+        assert isinstance(trainer._trainer, AMPTrainer) == amp
+        hooks = trainer._trainer.model._forward_hooks.values()
+        assert sum(isinstance(h, FiniteLossCheck) for h in hooks) == 1
 
 
 def test_lr_schedule_is_warmup_then_cosine_to_base_lr_end():

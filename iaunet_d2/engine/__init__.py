@@ -4,4 +4,4 @@ from .checkpoint import (  # noqa: F401
 )
 from .defaults import build_config, setup_cfg  # noqa: F401
 from .launch import launch  # noqa: F401
-from .trainer import FiniteLossTrainer, Trainer  # noqa: F401
+from .trainer import FiniteLossCheck, Trainer, attach_finite_loss_check  # noqa: F401

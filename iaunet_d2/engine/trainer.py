@@ -2,10 +2,9 @@
 import logging
 import math
 import os
-import time
 
 import torch
-from detectron2.engine import DefaultTrainer, SimpleTrainer
+from detectron2.engine import DefaultTrainer
 from detectron2.utils import comm
 from torch.nn.parallel import DistributedDataParallel
 
@@ -15,49 +14,44 @@ from ..evaluation import build_coco_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
 from .checkpoint import AtomicCheckpointer, check_weights_fit
 
-__all__ = ["Trainer", "FiniteLossTrainer"]
+__all__ = ["FiniteLossCheck", "Trainer", "attach_finite_loss_check"]
 
 # Detectron2's logger: default_setup gives it the console and OUTPUT_DIR/log.txt handlers,
 # so the replica check lands next to the trainer's own messages.
 logger = logging.getLogger("detectron2")
 
 
-class FiniteLossTrainer(SimpleTrainer):
-    """SimpleTrainer that stops at the first non-finite loss and names the culprit.
+class FiniteLossCheck:
+    """Forward hook that stops training at the first non-finite loss and names the
+    culprit.
 
-    Checked before ``backward`` so the weights are never updated with NaN/inf.
+    It runs inside the model's forward, so before ``backward``: the weights are never
+    updated with NaN/inf, whichever trainer (plain, AMP, DDP) drives the model.
     """
 
-    @classmethod
-    def from_simple_trainer(cls, trainer):
-        """Take over a built SimpleTrainer, including its already started data iterator."""
-        finite = cls.__new__(cls)
-        finite.__dict__.update(trainer.__dict__)
-        return finite
+    def __init__(self, iteration):
+        """``iteration``: a callable returning the current iteration, for the message."""
+        self._iteration = iteration
 
-    def run_step(self):
-        assert self.model.training, "the model was switched to eval mode during training"
-        start = time.perf_counter()
-        data = next(self._data_loader_iter)
-        data_time = time.perf_counter() - start
-
-        loss_dict = self.model(data)
-        if isinstance(loss_dict, torch.Tensor):
-            loss_dict = {"total_loss": loss_dict}
-        values = {name: float(loss.detach()) for name, loss in loss_dict.items()}
+    def __call__(self, module, inputs, output):
+        if not module.training or not isinstance(output, dict):
+            return
+        values = {name: float(loss.detach()) for name, loss in output.items()}
         bad = {name: v for name, v in values.items() if not math.isfinite(v)}
         if bad:
             terms = ", ".join(f"{name}={v}" for name, v in bad.items())
             raise FloatingPointError(
-                f"Training stopped: non-finite loss at iteration {self.iter} ({terms}); "
+                f"Training stopped: non-finite loss at iteration {self._iteration()} ({terms}); "
                 f"all terms: {values}. Lower SOLVER.BASE_LR, enable "
                 "SOLVER.CLIP_GRADIENTS, or resume from the last checkpoint with --resume."
             )
-        losses = sum(loss_dict.values())
-        self.optimizer.zero_grad()
-        losses.backward()
-        self._write_metrics(loss_dict, data_time)
-        self.optimizer.step()
+
+
+def attach_finite_loss_check(model, iteration):
+    """Register :class:`FiniteLossCheck` on ``model`` (unwrapping DDP); returns the
+    hook handle (``.remove()`` detaches it)."""
+    module = model.module if isinstance(model, DistributedDataParallel) else model
+    return module.register_forward_hook(FiniteLossCheck(iteration))
 
 
 class Trainer(DefaultTrainer):
@@ -66,8 +60,7 @@ class Trainer(DefaultTrainer):
 
     def __init__(self, cfg):
         super().__init__(cfg)
-        if not cfg.SOLVER.AMP.ENABLED:
-            self._trainer = FiniteLossTrainer.from_simple_trainer(self._trainer)
+        self._finite_loss_hook = attach_finite_loss_check(self._trainer.model, lambda: self.iter)
 
     # Detectron2 v0.6 leaves the optimizer out of its checkpoints, so a resumed AdamW
     # would restart from empty moments; save and restore the inner trainer's state.
