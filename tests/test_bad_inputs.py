@@ -21,6 +21,7 @@ import iaunet_d2  # noqa: F401
 from iaunet_d2 import predict
 from iaunet_d2.apps import train as train_net
 from iaunet_d2.engine import build_config
+from iaunet_d2.inference import predictor as predictor_module
 from iaunet_d2.utils import file_io
 
 from train_utils import DEMO_MASK_RCNN, REPO_ROOT, tiny_rcnn_opts
@@ -215,7 +216,9 @@ def no_model(monkeypatch):
     def refuse(cfg):
         raise AssertionError("the model was loaded although the run cannot write its outputs")
 
-    monkeypatch.setattr(predict, "load_predictor", refuse)
+    # The predictor builds its model here, whichever entry point (CLI, CellPredictor,
+    # load_predictor) asks for it.
+    monkeypatch.setattr(predictor_module, "build_model", refuse)
 
 
 def _output_is_a_file(tmp_path):

@@ -33,6 +33,7 @@ import numpy as np
 import pycocotools.mask as mask_util
 
 from ..utils.file_io import atomic_write
+from ..utils.windows import tile_windows
 from .datasets.register_cells import DATASETS
 from .image_io import ImageReadError, read_image, read_raw_image
 
@@ -44,6 +45,7 @@ __all__ = [
     "read_label_image",
     "relabel_sequential",
     "mask_to_rle",
+    "crop_to_rle",
     "labels_to_annotations",
     "find_label_file",
     "convert_label_folder",
@@ -150,7 +152,7 @@ def mask_to_rle(mask):
     return rle
 
 
-def _crop_to_rle(crop, y0, x0, height, width):
+def crop_to_rle(crop, y0, x0, height, width):
     """RLE of a mask given as its crop at (y0, x0) in an (height, width) image.
 
     Runs are computed from the crop's pixels only (O(area) instead of O(H*W) per
@@ -203,7 +205,7 @@ def labels_to_annotations(labels, image_id, first_annotation_id=1):
                 "id": first_annotation_id + len(annotations),
                 "image_id": image_id,
                 "category_id": CELL_CATEGORY["id"],
-                "segmentation": _crop_to_rle(crop, y0, x0, height, width),
+                "segmentation": crop_to_rle(crop, y0, x0, height, width),
                 "area": int(crop.sum()),
                 "bbox": [float(x0 + cols[0]), float(y0 + rows[0]),
                          float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)],
@@ -364,25 +366,6 @@ def _convert_pair(image_path, label_path, image_id, first_annotation_id, image_r
 
 
 # ------------------------------------------------------------------- LIVECell -> crop
-def tile_windows(height, width, size=512, stride=None):
-    """Crop windows covering an image: starts every ``stride`` px (default ``size``),
-    the last one moved back to end at the border (so crops never need padding).
-
-    Returns:
-        list of (y0, x0, h, w); h = min(size, height), w = min(size, width).
-    """
-    stride = size if stride is None else stride
-
-    def starts(length):
-        if length <= size:
-            return [0]
-        out = list(range(0, length - size, stride))
-        return out + [length - size]
-
-    h, w = min(size, height), min(size, width)
-    return [(y, x, h, w) for y in starts(height) for x in starts(width)]
-
-
 def _load_coco(json_path):
     try:
         with open(json_path) as f:

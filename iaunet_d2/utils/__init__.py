@@ -1,1 +1,1 @@
-"""Utilities: model analysis (parameter and FLOP counts) and atomic file writes."""
+"""Utilities: model analysis (parameter and FLOP counts), atomic file writes, tile windows."""
