@@ -14,15 +14,7 @@ from ..engine.checkpoint import WeightsMismatchError as CheckpointMismatch
 from .tiling import TILE_MATCH_IOU, predict_image
 from .types import CellPrediction, ImagePrediction, PredictionError, WeightsMismatchError
 
-__all__ = [
-    "PredictionError",
-    "WeightsMismatchError",
-    "CellPrediction",
-    "ImagePrediction",
-    "CellPredictor",
-    "build_predict_config",
-    "load_predictor",
-]
+__all__ = ["CellPredictor", "build_predict_config", "load_predictor"]
 
 logger = logging.getLogger(__name__)
 
