@@ -11,14 +11,11 @@ from iaunet_d2 import add_iaunet_config
 __all__ = ["small_iaunet_cfg", "synthetic_instances", "synthetic_batch"]
 
 
-def small_iaunet_cfg(**iaunet_overrides):
-    """A tiny CPU IAUNet config: ResNet-18 (trainable BN), 32-wide decoder, 6 queries.
-
-    Keyword arguments override ``MODEL.IAUNET.<KEY>`` (e.g. ``BRIDGE=True``).
-    """
+def small_resnet18_cfg(meta_architecture):
+    """The project's config on CPU with a trainable ResNet-18 backbone and no weights."""
     cfg = get_cfg()
     add_iaunet_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "IAUNet"
+    cfg.MODEL.META_ARCHITECTURE = meta_architecture
     cfg.MODEL.DEVICE = "cpu"
     cfg.MODEL.WEIGHTS = ""
     cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
@@ -27,6 +24,15 @@ def small_iaunet_cfg(**iaunet_overrides):
     cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
     cfg.MODEL.RESNETS.NORM = "BN"
     cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    return cfg
+
+
+def small_iaunet_cfg(**iaunet_overrides):
+    """A tiny CPU IAUNet config: ResNet-18 (trainable BN), 32-wide decoder, 6 queries.
+
+    Keyword arguments override ``MODEL.IAUNET.<KEY>`` (e.g. ``BRIDGE=True``).
+    """
+    cfg = small_resnet18_cfg("IAUNet")
     ia = cfg.MODEL.IAUNET
     ia.NUM_CLASSES = 1
     ia.CONV_DIM = 32

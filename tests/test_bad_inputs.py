@@ -14,17 +14,15 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
-import torch
 from detectron2.modeling import build_model
 
 import iaunet_d2  # noqa: F401
 from iaunet_d2 import predict
 from iaunet_d2.apps import train as train_net
-from iaunet_d2.engine import build_config
 from iaunet_d2.inference import predictor as predictor_module
 from iaunet_d2.utils import file_io
 
-from train_utils import DEMO_MASK_RCNN, REPO_ROOT, tiny_rcnn_opts
+from train_utils import DEMO_MASK_RCNN, REPO_ROOT, save_random_model, tiny_rcnn_opts
 
 IAUNET_CFG = "configs/demo/iaunet_R18_small.yaml"
 SMALL = ["INPUT.IMAGE_SIZE", "128", "MODEL.IAUNET.NUM_QUERIES", "10", "MODEL.IAUNET.TEST.SCORE_THRESH", "0.0"]
@@ -36,11 +34,6 @@ def _repo_cwd(repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)  # configs are given relative to the repository
 
 
-def _save_random_model(path, config, opts):
-    torch.manual_seed(0)
-    model = build_model(build_config(config, opts, prepare_data=False))
-    torch.save({"model": model.state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -51,8 +44,8 @@ def weights(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(REPO_ROOT)
     try:
-        iaunet = _save_random_model(folder / "iaunet.pth", IAUNET_CFG, SMALL)
-        rcnn = _save_random_model(folder / "rcnn_final.pth", DEMO_MASK_RCNN, tiny_rcnn_opts(folder / "unused"))
+        iaunet = save_random_model(folder / "iaunet.pth", IAUNET_CFG, SMALL)
+        rcnn = save_random_model(folder / "rcnn_final.pth", DEMO_MASK_RCNN, tiny_rcnn_opts(folder / "unused"))
     finally:
         os.chdir(cwd)
     # What lies next to checkpoints and gets picked by a slip of the tab key: the tag

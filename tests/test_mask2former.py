@@ -18,23 +18,14 @@ from iaunet_d2.modeling.mask2former import (
 )
 from iaunet_d2.modeling.mask2former.transformer_decoder import MaskedCrossAttentionLayer
 
-from iaunet_test_utils import synthetic_batch
+from iaunet_test_utils import small_resnet18_cfg, synthetic_batch
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def small_mask2former_cfg():
     """ResNet-18, 32-wide decoders, 1 encoder layer, 9 decoder layers, 6 queries."""
-    cfg = get_cfg()
-    add_iaunet_config(cfg)
-    cfg.MODEL.META_ARCHITECTURE = "Mask2Former"
-    cfg.MODEL.DEVICE = "cpu"
-    cfg.MODEL.BACKBONE.NAME = "build_resnet_backbone"
-    cfg.MODEL.BACKBONE.FREEZE_AT = 0
-    cfg.MODEL.RESNETS.DEPTH = 18
-    cfg.MODEL.RESNETS.RES2_OUT_CHANNELS = 64
-    cfg.MODEL.RESNETS.NORM = "BN"
-    cfg.MODEL.RESNETS.OUT_FEATURES = ["res2", "res3", "res4", "res5"]
+    cfg = small_resnet18_cfg("Mask2Former")
     m2f = cfg.MODEL.MASK2FORMER
     m2f.CONV_DIM = 32
     m2f.MASK_DIM = 16

@@ -11,13 +11,13 @@ import pytest
 import tifffile
 import torch
 from detectron2.data import transforms as T
-from detectron2.modeling import build_model
 from detectron2.structures import Instances
 from pycocotools.coco import COCO
 from scipy import ndimage
 
 from iaunet_d2 import predict
-from iaunet_d2.engine import build_config
+
+from train_utils import save_random_model
 
 IAUNET_CFG = "configs/demo/iaunet_R18_small.yaml"
 SMALL = ["INPUT.IMAGE_SIZE", "128", "MODEL.IAUNET.NUM_QUERIES", "10", "MODEL.IAUNET.TEST.SCORE_THRESH", "0.0"]
@@ -28,12 +28,6 @@ def _repo_cwd(repo_root, monkeypatch):
     monkeypatch.chdir(repo_root)  # configs are given relative to the repository
 
 
-def _checkpoint(path, config, opts):
-    """Save a freshly built (random) model as a Detectron2-style checkpoint."""
-    torch.manual_seed(0)
-    model = build_model(build_config(config, opts, prepare_data=False))
-    torch.save({"model": model.state_dict()}, path)
-    return str(path)
 
 
 @pytest.fixture(scope="module")
@@ -41,7 +35,7 @@ def iaunet_weights(tmp_path_factory, repo_root):
     cwd = os.getcwd()
     os.chdir(repo_root)
     try:
-        return _checkpoint(tmp_path_factory.mktemp("w") / "iaunet.pth", IAUNET_CFG, SMALL)
+        return save_random_model(tmp_path_factory.mktemp("w") / "iaunet.pth", IAUNET_CFG, SMALL)
     finally:
         os.chdir(cwd)
 
@@ -214,7 +208,7 @@ def test_outputs_are_atomic(tmp_path, monkeypatch):
 
 def test_mask_rcnn_predicts(tmp_path):
     opts = ["MODEL.RESNETS.DEPTH", "18", "MODEL.RESNETS.RES2_OUT_CHANNELS", "64", "INPUT.IMAGE_SIZE", "128"]
-    weights = _checkpoint(tmp_path / "rcnn.pth", "configs/demo/mask_rcnn_R50.yaml", opts)
+    weights = save_random_model(tmp_path / "rcnn.pth", "configs/demo/mask_rcnn_R50.yaml", opts)
     cv2.imwrite(str(tmp_path / "a.png"), np.random.default_rng(3).integers(0, 255, (96, 120)).astype(np.uint8))
     assert _run(weights, tmp_path / "a.png", tmp_path / "out", config="configs/demo/mask_rcnn_R50.yaml",
                 opts=opts) == 0

@@ -35,3 +35,17 @@ def tiny_rcnn_opts(output_dir, max_iter=3, **overrides):
     for key, value in opts.items():
         flat += [key, str(value)]
     return flat
+
+
+def save_random_model(path, config, opts):
+    """Save a freshly built (random, seed 0) model of ``config`` as a Detectron2-style
+    checkpoint; returns the path."""
+    import torch
+    from detectron2.modeling import build_model
+
+    from iaunet_d2.engine import build_config
+
+    torch.manual_seed(0)
+    model = build_model(build_config(config, opts, prepare_data=False))
+    torch.save({"model": model.state_dict()}, path)
+    return str(path)

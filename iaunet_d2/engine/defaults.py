@@ -1,4 +1,5 @@
 """Building the run configuration for train_net.py and the tools."""
+import functools
 import logging
 import os
 
@@ -66,8 +67,11 @@ def build_config(config_file, opts=(), prepare_data=True):
     register_folder_datasets(cfg, prepare=prepare_data)
     if prepare_data:
         prepare_datasets(list(cfg.DATASETS.TRAIN) + list(cfg.DATASETS.TEST))
-    resolve_intensity_norm(cfg, measure=prepare_data)
-    resolve_pixel_stats(cfg, given=any(k in _STATS_KEYS for k in list(opts)[::2]), measure=prepare_data)
+    # Both measurements read the same split: load its dataset dicts once.
+    files_of = functools.lru_cache(maxsize=None)(_image_files)
+    resolve_intensity_norm(cfg, measure=prepare_data, files_of=files_of)
+    resolve_pixel_stats(cfg, given=any(k in _STATS_KEYS for k in list(opts)[::2]), measure=prepare_data,
+                        files_of=files_of)
     cfg.freeze()
     return cfg
 
@@ -80,7 +84,12 @@ def _no_dataset_error():
     )
 
 
-def resolve_intensity_norm(cfg, measure=True):
+def _image_files(name):
+    """Image paths of a registered split."""
+    return [record["file_name"] for record in DatasetCatalog.get(name)]
+
+
+def resolve_intensity_norm(cfg, measure=True, files_of=_image_files):
     """Replace ``INPUT.INTENSITY_NORM: "dataset"`` by ``"fixed:LOW,HIGH"``, the
     1st..99.8th percentiles of the raw values of the first training dataset's images
     that are not 8-bit (measured once and cached like the pixel statistics; config not
@@ -102,7 +111,7 @@ def resolve_intensity_norm(cfg, measure=True):
             "(it holds the measured 'fixed:LOW,HIGH'), or give the range yourself."
         )
     name = names[0]
-    files = [record["file_name"] for record in DatasetCatalog.get(name)]
+    files = files_of(name)
     meta = MetadataCatalog.get(name)
     cache = meta.get("pixel_stats_cache") or os.path.join(cfg.OUTPUT_DIR, "pixel_stats.json")
     value_range = cached_intensity_range(files, cache)
@@ -110,7 +119,7 @@ def resolve_intensity_norm(cfg, measure=True):
     logger.info("Intensity normalisation of dataset '%s': %s.", name, cfg.INPUT.INTENSITY_NORM)
 
 
-def resolve_pixel_stats(cfg, given=False, measure=True):
+def resolve_pixel_stats(cfg, given=False, measure=True, files_of=_image_files):
     """Fill MODEL.PIXEL_MEAN/STD when ``INPUT.PIXEL_STATS_FROM_DATASET`` is on (config
     not frozen), then turn that flag off.
 
@@ -146,7 +155,7 @@ def resolve_pixel_stats(cfg, given=False, measure=True):
                 f"Dataset '{name}' has no recorded pixel statistics and they are not "
                 f"measured here; {hint}."
             )
-        files = [record["file_name"] for record in DatasetCatalog.get(name)]
+        files = files_of(name)
         cache = meta.get("pixel_stats_cache") or os.path.join(cfg.OUTPUT_DIR, "pixel_stats.json")
         try:
             mean, std = cached_pixel_stats(files, cache, image_format=cfg.INPUT.FORMAT,

@@ -14,13 +14,61 @@ from .pixel_decoder import build_pixel_decoder
 from .postprocessing import predictions_to_instances
 from .transformer_decoder import build_transformer_decoder
 
-__all__ = ["IAUNet"]
+__all__ = ["IAUNet", "SetPredictionModel"]
 
 _AMP_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
+class SetPredictionModel(nn.Module):
+    """What IAUNet and Mask2Former share around their decoders: the backbone, input
+    normalisation and padding, and ground truth in the criterion's layout."""
+
+    def __init__(self, backbone: Backbone, pixel_mean: Sequence[float], pixel_std: Sequence[float],
+                 size_divisibility: int):
+        super().__init__()
+        self.backbone = backbone
+        self.size_divisibility = max(int(size_divisibility), int(backbone.size_divisibility))
+        # Buffers so that .to(device) moves them and checkpoints record them.
+        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1))
+        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1))
+
+    @property
+    def device(self) -> torch.device:
+        return self.pixel_mean.device
+
+    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
+        """Normalize and pad the images: ImageList of (B, C, Hp, Wp) float."""
+        images = [
+            (x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
+            for x in batched_inputs
+        ]
+        return ImageList.from_tensors(images, self.size_divisibility)
+
+    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
+        """Ground truth as the criterion expects it.
+
+        Returns:
+            list of B dicts: "labels" int64 (M,), "masks" float (M, Hp, Wp), the image's
+            masks zero-padded to the batch's padded size.
+        """
+        hp, wp = images.tensor.shape[-2:]
+        targets = []
+        for x in batched_inputs:
+            inst = x["instances"].to(self.device)
+            gt_masks = inst.gt_masks
+            if isinstance(gt_masks, PolygonMasks):
+                h, w = inst.image_size
+                gt_masks = BitMasks.from_polygon_masks(gt_masks, h, w).to(self.device)
+            masks = gt_masks.tensor if isinstance(gt_masks, BitMasks) else gt_masks
+            m, h, w = masks.shape
+            padded = torch.zeros((m, hp, wp), dtype=torch.float32, device=self.device)
+            padded[:, :h, :w] = masks.to(torch.float32)
+            targets.append({"labels": inst.gt_classes.to(torch.int64), "masks": padded})
+        return targets
+
+
 @META_ARCH_REGISTRY.register()
-class IAUNet(nn.Module):
+class IAUNet(SetPredictionModel):
     """Instance-aware U-Net for instance segmentation.
 
     Input: Detectron2's list of dicts, each with ``"image"`` (C, H, W) in the model's
@@ -66,15 +114,10 @@ class IAUNet(nn.Module):
             score_thresh, mask_thresh, nms_iou, max_detections: inference settings.
             amp: inference autocast dtype, "" (off), "bf16" or "fp16".
         """
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, pixel_mean, pixel_std, size_divisibility)
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
         self.criterion = criterion
-        self.size_divisibility = max(int(size_divisibility), int(backbone.size_divisibility))
-        # Buffers so that .to(device) moves them and checkpoints record them.
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1))
         self.score_thresh = score_thresh
         self.mask_thresh = mask_thresh
         self.nms_iou = nms_iou
@@ -106,40 +149,6 @@ class IAUNet(nn.Module):
             "max_detections": cfg.TEST.DETECTIONS_PER_IMAGE,
             "amp": ia.TEST.get("AMP", ""),
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    def preprocess_image(self, batched_inputs: List[Dict]) -> ImageList:
-        """Normalize and pad the images: ImageList of (B, C, Hp, Wp) float."""
-        images = [
-            (x["image"].to(self.device, torch.float32) - self.pixel_mean) / self.pixel_std
-            for x in batched_inputs
-        ]
-        return ImageList.from_tensors(images, self.size_divisibility)
-
-    def prepare_targets(self, batched_inputs: List[Dict], images: ImageList) -> List[Dict]:
-        """Ground truth as the criterion expects it.
-
-        Returns:
-            list of B dicts: "labels" int64 (M,), "masks" float (M, Hp, Wp), the image's
-            masks zero-padded to the batch's padded size.
-        """
-        hp, wp = images.tensor.shape[-2:]
-        targets = []
-        for x in batched_inputs:
-            inst = x["instances"].to(self.device)
-            gt_masks = inst.gt_masks
-            if isinstance(gt_masks, PolygonMasks):
-                h, w = inst.image_size
-                gt_masks = BitMasks.from_polygon_masks(gt_masks, h, w).to(self.device)
-            masks = gt_masks.tensor if isinstance(gt_masks, BitMasks) else gt_masks
-            m, h, w = masks.shape
-            padded = torch.zeros((m, hp, wp), dtype=torch.float32, device=self.device)
-            padded[:, :h, :w] = masks.to(torch.float32)
-            targets.append({"labels": inst.gt_classes.to(torch.int64), "masks": padded})
-        return targets
 
     def forward(self, batched_inputs: List[Dict]):
         """See the class docstring for inputs and outputs."""

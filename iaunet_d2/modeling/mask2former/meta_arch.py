@@ -15,7 +15,7 @@ from torch import nn
 
 from ..criterion import IAUNetSetCriterion
 from ..matcher import HungarianMatcher
-from ..meta_arch import IAUNet
+from ..meta_arch import SetPredictionModel
 from ..postprocessing import masks_to_boxes
 from .pixel_decoder import MSDeformAttnPixelDecoder
 from .transformer_decoder import MaskedAttentionDecoder
@@ -81,7 +81,7 @@ def topk_instance_inference(
 
 
 @META_ARCH_REGISTRY.register()
-class Mask2Former(nn.Module):
+class Mask2Former(SetPredictionModel):
     """Mask2Former for instance segmentation.
 
     Input and output formats are IAUNet's (see ``IAUNet``): training returns the dict
@@ -105,14 +105,10 @@ class Mask2Former(nn.Module):
         test_topk: int = 100,
         mask_thresh: float = 0.5,
     ):
-        super().__init__()
-        self.backbone = backbone
+        super().__init__(backbone, pixel_mean, pixel_std, size_divisibility)
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
         self.criterion = criterion
-        self.size_divisibility = max(int(size_divisibility), int(backbone.size_divisibility))
-        self.register_buffer("pixel_mean", torch.tensor(pixel_mean, dtype=torch.float32).view(-1, 1, 1))
-        self.register_buffer("pixel_std", torch.tensor(pixel_std, dtype=torch.float32).view(-1, 1, 1))
         self.test_topk = test_topk
         self.mask_thresh = mask_thresh
 
@@ -149,15 +145,6 @@ class Mask2Former(nn.Module):
             "test_topk": cfg.TEST.DETECTIONS_PER_IMAGE,
             "mask_thresh": m2f.TEST.MASK_THRESH,
         }
-
-    @property
-    def device(self) -> torch.device:
-        return self.pixel_mean.device
-
-    # Same normalization, padding and target layout as IAUNet (they use only the
-    # pixel statistics, size_divisibility and device).
-    preprocess_image = IAUNet.preprocess_image
-    prepare_targets = IAUNet.prepare_targets
 
     def forward(self, batched_inputs: List[Dict]):
         """See the class docstring for inputs and outputs."""
