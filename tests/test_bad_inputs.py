@@ -20,7 +20,7 @@ import iaunet_d2  # noqa: F401
 from iaunet_d2 import predict
 from iaunet_d2.apps import train as train_net
 from iaunet_d2.inference import predictor as predictor_module
-from iaunet_d2.utils import file_io
+from iaunet_d2.io import writers
 
 from train_utils import DEMO_MASK_RCNN, REPO_ROOT, save_random_model, tiny_rcnn_opts
 
@@ -277,7 +277,7 @@ def _fail_rename(monkeypatch, target):
             raise _enospc(dst)
         return real(src, dst, *args, **kwargs)
 
-    monkeypatch.setattr(file_io.os, "replace", replace)
+    monkeypatch.setattr(writers.os, "replace", replace)
 
 
 def _fail_temp_file(monkeypatch, target):
@@ -289,7 +289,7 @@ def _fail_temp_file(monkeypatch, target):
             raise _enospc(os.path.join(kwargs.get("dir", ""), kwargs["prefix"]))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(file_io.tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(writers.tempfile, "mkstemp", mkstemp)
 
 
 @pytest.mark.parametrize("fail", [_fail_rename, _fail_temp_file], ids=["rename", "temp_file"])

@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import load_coco_json
 
 from iaunet_d2.data import converters as conv
+from iaunet_d2.io.rle import annotation_mask
 
 
 def _disc_labels(shape, cells, dtype=np.uint16):
@@ -163,7 +164,7 @@ def test_livecell_crop(tmp_path):
     coco = json.load(open(out_json))
     # 704x520 -> crops at x in {0, 192}, y in {0, 8}
     assert sorted(tuple(im["crop_yx"]) for im in coco["images"]) == [(0, 0), (0, 192), (8, 0), (8, 192)]
-    full = [conv._annotation_mask(a, 520, 704) for a in annotations.values()]
+    full = [annotation_mask(a, 520, 704) for a in annotations.values()]
     for im in coco["images"]:
         y0, x0 = im["crop_yx"]
         assert (im["height"], im["width"]) == (512, 512)

@@ -71,7 +71,7 @@ def test_coco_masks_boxes_and_statistics(demo_dir):
 
 
 def test_metadata_stats_match_generated_images(demo_dir):
-    from iaunet_d2.data.image_io import read_image
+    from iaunet_d2.io.images import read_image
 
     pixels = np.stack(
         [read_image(os.path.join(demo_dir, "train", f"{i:03d}.png"))[:, :, 0] for i in range(48)]

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from iaunet_d2.data.image_io import PERCENTILES, ImageReadError, check_normalization, read_image, to_uint8
+from iaunet_d2.io.images import PERCENTILES, ImageReadError, check_normalization, read_image, to_uint8
 
 
 def test_16bit_tiff_uses_full_range(tmp_path):

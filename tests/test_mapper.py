@@ -13,7 +13,7 @@ from detectron2.data import transforms as T
 from detectron2.structures import BoxMode
 from iaunet_d2 import add_iaunet_config
 from iaunet_d2.data.dataset_mappers import MAPPER_REGISTRY, Rotation90Transform, build_dataset_mapper
-from iaunet_d2.data.image_io import ImageReadError
+from iaunet_d2.io.images import ImageReadError
 
 
 def _cfg(size=128, rotate=False):

@@ -15,7 +15,7 @@ from iaunet_d2.apps import train as train_net
 from iaunet_d2.data import pixel_stats
 from iaunet_d2.data.converters import convert_label_folder
 from iaunet_d2.data.datasets.cells_demo import render_demo_image
-from iaunet_d2.data.image_io import read_image
+from iaunet_d2.io.images import read_image
 from iaunet_d2.data.validation import DatasetError
 from iaunet_d2.engine import build_config
 from train_utils import REPO_ROOT, tiny_rcnn_opts

@@ -38,6 +38,8 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from iaunet_d2.io.writers import write_json
+
 # Runs start in the folder that holds the iaunet_d2 package (the repository), as
 # train_net.py runs do: relative config paths and ./datasets resolve there.
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -224,9 +226,7 @@ def train_one(run, seed, work_dir, log, train=True):
                            f"final evaluation; see {os.path.join(out, 'train_net.log')}")
     result = {"label": run["label"], "config": run["config"], "opts": run["opts"], "seed": seed,
               "seconds": seconds, "curve": curve, "final": curve[-1]}
-    with open(done + ".tmp", "w") as f:
-        json.dump(result, f, indent=1)
-    os.replace(done + ".tmp", done)
+    write_json(result, done, indent=1)
     log(f"[{run['label']} seed {seed}] segm AP {curve[-1]['AP']:.1f} "
         f"(AP50 {curve[-1]['AP50']:.1f}) after {run['max_iter']} iterations, {seconds:.0f} s")
     return result
@@ -413,9 +413,7 @@ def main(argv=None):
             "setting": setting, "seeds": args.seeds, "device": _device_name(runs),
             "title": args.title, "labels": labels, "results": results, "missing": missing,
             "allowed_differences": args.allow_different}
-    with open(prefix + ".json.tmp", "w") as f:
-        json.dump(data, f, indent=1)
-    os.replace(prefix + ".json.tmp", prefix + ".json")
+    write_json(data, prefix + ".json", indent=1)
     print(write_outputs(data, prefix))
     print(f"wrote {prefix}.md, .csv, .json and .png")
     return 0

@@ -22,7 +22,6 @@ written atomically (temporary file, then ``os.replace``).
 """
 import copy
 import fnmatch
-import io
 import json
 import logging
 import os
@@ -30,39 +29,30 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 import numpy as np
-import pycocotools.mask as mask_util
 
-from ..utils.file_io import atomic_write
+from ..io.images import ImageReadError, list_images, read_image, read_raw_image
+from ..io.labels import LABEL_SUFFIXES, pair_with_labels, read_label_image
+from ..io.rle import annotation_mask, crop_annotation
+from ..io.writers import write_image, write_json
 from ..utils.windows import tile_windows
 from .datasets.register_cells import DATASETS
-from .image_io import ImageReadError, read_image, read_raw_image
 
 __all__ = [
     "CELL_CATEGORY",
-    "IMAGE_EXTENSIONS",
     "ConversionError",
     "ConversionReport",
-    "read_label_image",
     "relabel_sequential",
-    "mask_to_rle",
-    "crop_to_rle",
     "labels_to_annotations",
-    "find_label_file",
     "convert_label_folder",
-    "tile_windows",
     "convert_livecell_crop",
     "evican2_difficulty",
     "convert_evican2",
-    "write_json_atomic",
     "annotations_to_label_image",
 ]
 
 logger = logging.getLogger(__name__)
 
 CELL_CATEGORY = {"id": 1, "name": "cell", "supercategory": "cell"}
-IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
-# Label files are found next to / named after their image with one of these suffixes.
-LABEL_SUFFIXES = ("", "_label", "_labels", "_mask", "_masks", "_seg", "_instances")
 
 
 class ConversionError(ValueError):
@@ -90,41 +80,6 @@ class ConversionReport:
 
 
 # ----------------------------------------------------------------------------- basics
-def read_label_image(path):
-    """Read an instance label image (0 = background, one id per cell).
-
-    Returns:
-        np.ndarray (H, W) of an integer dtype, the ids as stored.
-
-    Raises:
-        ConversionError: unreadable/corrupt file, not a 2-D single-channel image, or
-            non-integer / negative values.
-    """
-    try:
-        array = np.asarray(read_raw_image(path))
-    except ImageReadError as e:
-        raise ConversionError(str(e)) from e
-    if array.ndim > 2:
-        array = np.squeeze(array)  # one-page stacks, (H, W, 1)
-    if array.ndim == 3 and array.shape[2] in (3, 4) and (array[..., :3] == array[..., :1]).all():
-        array = array[..., 0]  # an id image saved as gray RGB
-    if array.ndim != 2:
-        raise ConversionError(
-            f"Label image '{path}' has shape {tuple(array.shape)}; an instance label image "
-            "must be 2-D (H, W) with one integer id per pixel (colour or stacked labels "
-            "are not supported)."
-        )
-    if array.dtype.kind == "f":
-        if not np.all(np.isfinite(array)) or not np.all(array == np.round(array)):
-            raise ConversionError(f"Label image '{path}' holds non-integer values.")
-        array = array.astype(np.int64)
-    if array.dtype.kind not in "iu" and array.dtype != np.bool_:
-        raise ConversionError(f"Label image '{path}' has unsupported dtype {array.dtype}.")
-    if array.dtype.kind == "i" and array.size and array.min() < 0:
-        raise ConversionError(f"Label image '{path}' holds negative ids.")
-    return array.astype(np.int64) if array.dtype == np.bool_ else array
-
-
 def relabel_sequential(labels):
     """Map the ids of a label image to 1..K (0 stays background), keeping their order.
 
@@ -143,37 +98,6 @@ def relabel_sequential(labels):
         original = ids.astype(np.int64)
         out = (inverse + 1).astype(np.int32)
     return out, int(original.size), original
-
-
-def mask_to_rle(mask):
-    """Compressed COCO RLE of a (H, W) binary mask: {"size": [H, W], "counts": str}."""
-    rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
-
-
-def crop_to_rle(crop, y0, x0, height, width):
-    """RLE of a mask given as its crop at (y0, x0) in an (height, width) image.
-
-    Runs are computed from the crop's pixels only (O(area) instead of O(H*W) per
-    cell, which matters for images with thousands of cells).
-    """
-    cols, rows = np.nonzero(crop.T)  # sorted by column, then row: COCO's Fortran order
-    if cols.size == 0:
-        return {"size": [height, width], "counts": mask_util.encode(
-            np.zeros((height, width), np.uint8, order="F"))["counts"].decode("ascii")}
-    pos = (cols.astype(np.int64) + x0) * height + (rows.astype(np.int64) + y0)
-    breaks = np.nonzero(np.diff(pos) != 1)[0]
-    starts = np.concatenate([[pos[0]], pos[breaks + 1]])
-    ends = np.concatenate([pos[breaks] + 1, [pos[-1] + 1]])
-    counts = np.empty(2 * starts.size + 1, dtype=np.int64)
-    counts[0] = starts[0]  # COCO RLE starts with a run of zeros
-    counts[1::2] = ends - starts
-    counts[2::2][: starts.size - 1] = starts[1:] - ends[:-1]
-    counts[-1] = height * width - ends[-1]
-    rle = mask_util.frPyObjects({"size": [height, width], "counts": counts.tolist()}, height, width)
-    rle["counts"] = rle["counts"].decode("ascii")
-    return rle
 
 
 def labels_to_annotations(labels, image_id, first_annotation_id=1):
@@ -197,18 +121,12 @@ def labels_to_annotations(labels, image_id, first_annotation_id=1):
     for index, region in enumerate(ndimage.find_objects(sequential)):
         label_id = int(original_ids[index])
         crop = sequential[region] == index + 1
-        y0, x0 = region[0].start, region[1].start
-        rows = np.nonzero(crop.any(axis=1))[0]
-        cols = np.nonzero(crop.any(axis=0))[0]
         annotations.append(
             {
                 "id": first_annotation_id + len(annotations),
                 "image_id": image_id,
                 "category_id": CELL_CATEGORY["id"],
-                "segmentation": crop_to_rle(crop, y0, x0, height, width),
-                "area": int(crop.sum()),
-                "bbox": [float(x0 + cols[0]), float(y0 + rows[0]),
-                         float(cols[-1] - cols[0] + 1), float(rows[-1] - rows[0] + 1)],
+                **crop_annotation(crop, region[0].start, region[1].start, height, width),
                 "iscrowd": 0,
                 "label_id": int(label_id),
             }
@@ -221,31 +139,8 @@ def annotations_to_label_image(annotations, height, width):
     1..N in the given order (a later annotation wins where masks overlap)."""
     out = np.zeros((height, width), dtype=np.uint16)
     for k, anno in enumerate(annotations, start=1):
-        out[_annotation_mask(anno, height, width)] = k
+        out[annotation_mask(anno, height, width)] = k
     return out
-
-
-def _annotation_mask(anno, height, width):
-    """(H, W) bool mask of a COCO annotation's segmentation (polygons or RLE)."""
-    seg = anno["segmentation"]
-    if isinstance(seg, list):
-        polygons = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in seg if len(p) >= 6]
-        if not polygons:
-            return np.zeros((height, width), dtype=bool)
-        rle = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
-    elif isinstance(seg.get("counts"), list):
-        rle = mask_util.frPyObjects(seg, height, width)
-    else:
-        rle = dict(seg)
-        if isinstance(rle["counts"], str):
-            rle["counts"] = rle["counts"].encode("ascii")
-    return mask_util.decode(rle).astype(bool)
-
-
-def write_json_atomic(data, path):
-    """Write ``data`` as json to ``path`` through a temporary file (never half-written)."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    atomic_write(path, lambda f: json.dump(data, f), mode="w")
 
 
 def _coco_dict(images, annotations, description):
@@ -258,29 +153,6 @@ def _coco_dict(images, annotations, description):
 
 
 # ----------------------------------------------------------------- label images -> COCO
-def find_label_file(image_path, label_dir, suffixes=LABEL_SUFFIXES):
-    """The label image of ``image_path`` in ``label_dir``: same stem plus one of
-    ``suffixes``, any image extension. Returns the path or None."""
-    stem = os.path.splitext(os.path.basename(image_path))[0]
-    for suffix in suffixes:
-        for ext in IMAGE_EXTENSIONS:
-            for candidate in (stem + suffix + ext, stem + suffix + ext.upper()):
-                path = os.path.join(label_dir, candidate)
-                if os.path.isfile(path) and os.path.abspath(path) != os.path.abspath(image_path):
-                    return path
-    return None
-
-
-def _list_images(folder):
-    """Image files directly in ``folder``, sorted."""
-    if not os.path.isdir(folder):
-        raise ConversionError(f"Image folder '{folder}' does not exist.")
-    return sorted(
-        os.path.join(folder, name) for name in os.listdir(folder)
-        if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(folder, name))
-    )
-
-
 def convert_label_folder(
     image_dir,
     label_dir,
@@ -294,7 +166,7 @@ def convert_label_folder(
     """Convert a folder of images and their instance label images to COCO json.
 
     Each image ``X.ext`` in ``image_dir`` is paired with ``label_dir/X<suffix>.<ext>``
-    (see :func:`find_label_file`; ``label_dir`` may equal ``image_dir``, files that
+    (see :func:`iaunet_d2.io.labels.find_label_file`; ``label_dir`` may equal ``image_dir``, files that
     are themselves labels of another image are not taken as images). Label ids need
     not be contiguous (reported as a warning). Empty label images give images without
     annotations (reported). Images with more than ``max_instances`` cells are left out.
@@ -307,14 +179,12 @@ def convert_label_folder(
     """
     image_root = image_dir if image_root is None else image_root
     report = ConversionReport()
-    paths = _list_images(image_dir)
-    label_of = {p: find_label_file(p, label_dir, label_suffixes) for p in paths}
-    label_files = {os.path.abspath(p) for p in label_of.values() if p}
+    if not os.path.isdir(image_dir):
+        raise ConversionError(f"Image folder '{image_dir}' does not exist.")
+    # Label images of other images in the same folder are not taken as images.
+    pairs, _ = pair_with_labels(list_images(image_dir), label_dir, label_suffixes)
     images, annotations = [], []
-    for path in paths:
-        if os.path.abspath(path) in label_files:
-            continue  # the label image of another image, in the same folder
-        label_path = label_of[path]
+    for path, label_path in pairs.items():
         if label_path is None:
             report.failed.append((path, f"no label image for it in '{label_dir}' "
                                         f"(tried suffixes {list(label_suffixes)})"))
@@ -331,16 +201,16 @@ def convert_label_folder(
         images.append(record)
         annotations.extend(annos)
     report.images, report.annotations = len(images), len(annotations)
-    write_json_atomic(_coco_dict(images, annotations, description), output_json)
+    write_json(_coco_dict(images, annotations, description), output_json)
     return report
 
 
 def _convert_pair(image_path, label_path, image_id, first_annotation_id, image_root, channel, report):
     try:
         height, width = read_image(image_path, channel=channel).shape[:2]
+        labels = read_label_image(label_path)
     except ImageReadError as e:
         raise ConversionError(str(e)) from e
-    labels = read_label_image(label_path)
     if labels.shape != (height, width):
         raise ConversionError(
             f"Label image '{label_path}' is {labels.shape[1]}x{labels.shape[0]} (WxH) but "
@@ -405,25 +275,6 @@ def _read_raw(path):
         raise ConversionError(str(e)) from e
 
 
-def _write_image_atomic(array, path):
-    """Write an image array (TIFF keeps any dtype; PNG/JPEG via OpenCV) atomically."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    if path.lower().endswith((".tif", ".tiff")):
-        import tifffile
-
-        buffer = io.BytesIO()  # tifffile wants a named file or a buffer, not a raw fd
-        tifffile.imwrite(buffer, array)
-        atomic_write(path, lambda f: f.write(buffer.getvalue()))
-        return
-    import cv2
-
-    bgr = array[..., ::-1] if array.ndim == 3 and array.shape[2] >= 3 else array
-    ok, data = cv2.imencode(os.path.splitext(path)[1], np.ascontiguousarray(bgr))
-    if not ok:
-        raise ConversionError(f"Cannot encode image '{path}'.")
-    atomic_write(path, lambda f: f.write(data.tobytes()))
-
-
 def convert_livecell_crop(
     json_path,
     image_root,
@@ -475,7 +326,7 @@ def convert_livecell_crop(
                     f"Image '{path}' is {width}x{height} but '{json_path}' says "
                     f"{image.get('width')}x{image.get('height')}."
                 )
-            masks = [_annotation_mask(a, height, width) for a in by_image.get(image["id"], [])]
+            masks = [annotation_mask(a, height, width) for a in by_image.get(image["id"], [])]
         except ConversionError as e:
             report.failed.append((path, str(e)))
             continue
@@ -500,14 +351,13 @@ def convert_livecell_crop(
             if max_instances is not None and len(crop_annos) > max_instances:
                 report.skipped.append((name, f"{len(crop_annos)} cells > max_instances {max_instances}"))
                 continue
-            _write_image_atomic(np.ascontiguousarray(pixels[y0:y0 + h, x0:x0 + w]),
-                                os.path.join(output_image_dir, name))
+            write_image(pixels[y0:y0 + h, x0:x0 + w], os.path.join(output_image_dir, name))
             images.append({"id": image_id, "file_name": name, "height": h, "width": w,
                            "source_file_name": image["file_name"], "crop_yx": [y0, x0]})
             annotations.extend(crop_annos)
     report.images, report.annotations = len(images), len(annotations)
-    write_json_atomic(_coco_dict(images, annotations, f"LIVECell-crop from {os.path.basename(json_path)}"),
-                      output_json)
+    write_json(_coco_dict(images, annotations, f"LIVECell-crop from {os.path.basename(json_path)}"),
+               output_json)
     return report
 
 
@@ -632,7 +482,7 @@ def convert_evican2(annotation_dir, output_root, eval_json=None, max_instances=N
         except ConversionError as e:
             report.failed.append((source, str(e)))
             continue
-        write_json_atomic(clean, os.path.join(output_root, target))
+        write_json(clean, os.path.join(output_root, target))
         report.images += len(clean["images"])
         report.annotations += len(clean["annotations"])
     return report

@@ -1,6 +1,6 @@
 """Pixel mean and standard deviation of a dataset, as the model sees its images.
 
-The statistics are measured on what :func:`~iaunet_d2.data.image_io.read_image`
+The statistics are measured on what :func:`~iaunet_d2.io.images.read_image`
 returns (uint8, 3 channels in ``INPUT.FORMAT`` order, ``INPUT.INTENSITY_NORM``, 0-255), on at most
 :data:`MAX_IMAGES` images spread evenly over the split, and cached in a json file
 keyed by a fingerprint of those files (path, size, modification time), so a second
@@ -9,15 +9,13 @@ dataset-level intensity range of ``INPUT.INTENSITY_NORM: "dataset"``
 (:func:`cached_intensity_range`), measured on the raw values of images that are not
 8-bit.
 """
-import hashlib
 import json
 import logging
-import os
 
 import numpy as np
 
-from ..utils.file_io import atomic_write
-from .image_io import PERCENTILES, ImageReadError, read_image, read_raw_image
+from ..io.images import PERCENTILES, ImageReadError, fingerprint_files, read_image, read_raw_image
+from ..io.writers import write_json
 
 __all__ = ["MAX_IMAGES", "cached_intensity_range", "cached_pixel_stats", "compute_intensity_range",
            "compute_pixel_stats"]
@@ -35,17 +33,6 @@ def _sample(file_names, max_images):
         return files
     picks = np.linspace(0, len(files) - 1, max_images).round().astype(int)
     return [files[i] for i in picks]
-
-
-def _fingerprint(files, image_format):
-    digest = hashlib.sha1(image_format.encode())
-    for path in files:
-        try:
-            st = os.stat(path)
-            digest.update(f"{os.path.abspath(path)}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-        except OSError:
-            digest.update(f"{os.path.abspath(path)}|missing\n".encode())
-    return digest.hexdigest()
 
 
 def compute_pixel_stats(files, image_format="BGR", normalization="percentile"):
@@ -84,7 +71,7 @@ def compute_pixel_stats(files, image_format="BGR", normalization="percentile"):
 
 def compute_intensity_range(files):
     """The dataset-level intensity range of the images that are not 8-bit: the
-    :data:`~iaunet_d2.data.image_io.PERCENTILES` of their raw values, pooled.
+    :data:`~iaunet_d2.io.images.PERCENTILES` of their raw values, pooled.
 
     Returns:
         (float, float) or None when every readable image is 8-bit (kept as it is).
@@ -112,7 +99,7 @@ def cached_intensity_range(file_names, cache_file, max_images=MAX_IMAGES):
     """:func:`compute_intensity_range` on a sample of ``file_names``, cached like
     :func:`cached_pixel_stats`. Returns (low, high) or None (all images 8-bit)."""
     files = _sample(file_names, max_images)
-    key = "range|" + _fingerprint(files, "raw")
+    key = "range|" + fingerprint_files(files, "raw")
     cache = _read_cache(cache_file)
     if key in cache:
         entry = cache[key]
@@ -137,8 +124,7 @@ def _read_cache(cache_file):
 
 def _write_cache(cache, cache_file):
     try:
-        os.makedirs(os.path.dirname(os.path.abspath(cache_file)), exist_ok=True)
-        atomic_write(cache_file, lambda f: json.dump(cache, f, indent=1), mode="w")
+        write_json(cache, cache_file, indent=1)
     except OSError as e:
         logger.warning("Cannot write the cache %s: %s", cache_file, e)
 
@@ -154,7 +140,7 @@ def cached_pixel_stats(file_names, cache_file, image_format="BGR", normalization
         (list[float], list[float]): mean and std.
     """
     files = _sample(file_names, max_images)
-    key = _fingerprint(files, f"{image_format}|{normalization}")
+    key = fingerprint_files(files, f"{image_format}|{normalization}")
     cache = _read_cache(cache_file)
     entry = cache.get(key)
     if entry:

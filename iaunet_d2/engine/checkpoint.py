@@ -6,7 +6,7 @@ import shutil
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
-from ..utils.file_io import atomic_write
+from ..io.writers import atomic_write
 
 __all__ = [
     "AtomicCheckpointer", "CheckpointReadError", "CheckpointWriteError", "WeightsMismatchError",

@@ -14,7 +14,7 @@ from detectron2.utils.logger import setup_logger
 
 from ..config import add_iaunet_config, apply_pretrained_policy
 from ..data.datasets import prepare_datasets, register_folder_datasets
-from ..data.image_io import check_normalization
+from ..io.images import check_normalization
 from ..data.pixel_stats import cached_intensity_range, cached_pixel_stats
 
 __all__ = [

@@ -6,8 +6,8 @@ import sys
 
 import numpy as np
 
-from ..data.image_io import ImageReadError, read_image
-from ..utils.file_io import FileSetWriteError
+from ..io.images import ImageReadError, read_image
+from ..io.writers import FileSetWriteError
 from .inputs import collect_inputs, output_names
 from .outputs import coco_annotations, prepare_output_dir, write_coco_results, write_outputs
 from .predictor import CellPredictor, build_predict_config

@@ -4,7 +4,8 @@ import logging
 import os
 import re
 
-from ..data.converters import IMAGE_EXTENSIONS, LABEL_SUFFIXES, find_label_file
+from ..io.images import IMAGE_EXTENSIONS, list_images
+from ..io.labels import LABEL_SUFFIXES, pair_with_labels
 from .types import PredictionError
 
 __all__ = ["collect_inputs", "output_names"]
@@ -41,15 +42,12 @@ def collect_inputs(specs):
 def _images_of(spec):
     """Image paths named by one spec (folder, file or glob pattern); [] if none."""
     if os.path.isdir(spec):
-        paths = [os.path.join(spec, n) for n in os.listdir(spec)
-                 if n.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(os.path.join(spec, n))]
         # A training-style folder keeps <name>_masks.tif next to <name>.tif: not an input.
-        labels = {os.path.abspath(p) for p in (find_label_file(p, spec, LABEL_SUFFIXES[1:]) for p in paths) if p}
+        pairs, labels = pair_with_labels(list_images(spec), spec, LABEL_SUFFIXES[1:])
         if labels:
             logger.info("--input '%s': left out %d label image(s) of other images (e.g. %s).",
-                        spec, len(labels), os.path.basename(sorted(labels)[0]))
-            paths = [p for p in paths if os.path.abspath(p) not in labels]
-        return paths
+                        spec, len(labels), os.path.basename(labels[0]))
+        return list(pairs)
     if os.path.isfile(spec):
         return [spec]
     return [p for p in glob.glob(spec, recursive=True) if os.path.isfile(p)]

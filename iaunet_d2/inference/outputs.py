@@ -12,8 +12,8 @@ import tempfile
 import cv2
 import numpy as np
 
-from ..data.converters import crop_to_rle
-from ..utils.file_io import write_file_set
+from ..io.rle import crop_annotation
+from ..io.writers import encode_image, write_file_set
 from .types import PredictionError
 from .visualization import activation_figure, overlay_image
 
@@ -61,38 +61,17 @@ def _cell_rows(prediction, labels, class_names):
 def coco_annotations(prediction, image_id, first_id):
     """COCO annotations (RLE mask, XYWH box, score) of the cells that have a label id,
     numbered from ``first_id``; ``category_id`` is the class index + 1."""
-    anns = []
-    for k, c in enumerate(prediction.cells[:np.iinfo(np.uint16).max]):
-        ys, xs = np.nonzero(c.mask)
-        anns.append({
+    return [
+        {
             "id": first_id + k,
             "image_id": image_id,
             "category_id": c.category + 1,
-            "segmentation": crop_to_rle(c.mask, c.y0, c.x0, prediction.height, prediction.width),
-            "area": int(ys.size),
-            "bbox": [float(c.x0 + xs.min()), float(c.y0 + ys.min()),
-                     float(xs.max() - xs.min() + 1), float(ys.max() - ys.min() + 1)],
+            **crop_annotation(c.mask, c.y0, c.x0, prediction.height, prediction.width),
             "score": float(c.score),
             "iscrowd": 0,
-        })
-    return anns
-
-
-def _encode_png(rgb):
-    """PNG bytes of an (H, W, 3) uint8 RGB image."""
-    ok, data = cv2.imencode(".png", np.ascontiguousarray(rgb[..., ::-1]))
-    if not ok:
-        raise ValueError("PNG encoding failed")
-    return data.tobytes()
-
-
-def _encode_tiff(array):
-    """zlib-compressed TIFF bytes of ``array``."""
-    import tifffile
-
-    buffer = io.BytesIO()
-    tifffile.imwrite(buffer, array, compression="zlib")
-    return buffer.getvalue()
+        }
+        for k, c in enumerate(prediction.cells[:np.iinfo(np.uint16).max])
+    ]
 
 
 def _encode_csv(rows):
@@ -120,8 +99,8 @@ def write_outputs(prediction, image_rgb, output_dir, name, class_names=("cell",)
                        name, len(prediction.cells), int(np.iinfo(np.uint16).max))
     base = os.path.join(output_dir, name)
     contents = {
-        base + "_labels.tif": _encode_tiff(labels),
-        base + "_overlay.png": _encode_png(overlay_image(image_rgb, labels)),
+        base + "_labels.tif": encode_image(labels, ".tif", compression="zlib"),
+        base + "_overlay.png": encode_image(overlay_image(image_rgb, labels), ".png"),
         base + "_cells.csv": _encode_csv(_cell_rows(prediction, labels, list(class_names))),
     }
     if activations:
@@ -129,7 +108,7 @@ def write_outputs(prediction, image_rgb, output_dir, name, class_names=("cell",)
         if figure is None:
             figure = np.full((40, 320, 3), 255, np.uint8)
             cv2.putText(figure, "no cell predicted", (8, 25), cv2.FONT_HERSHEY_SIMPLEX, 0.6, (0, 0, 0), 1)
-        contents[base + "_activations.png"] = _encode_png(figure)
+        contents[base + "_activations.png"] = encode_image(figure, ".png")
     write_file_set(contents)
     return labels
 

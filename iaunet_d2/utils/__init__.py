@@ -1,1 +1,1 @@
-"""Utilities: model analysis (parameter and FLOP counts), atomic file writes, tile windows."""
+"""Utilities: model analysis (parameter and FLOP counts), tile windows."""

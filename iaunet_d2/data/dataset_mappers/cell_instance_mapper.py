@@ -3,14 +3,14 @@ import copy
 import logging
 
 import numpy as np
-import pycocotools.mask as mask_util
 import torch
 from detectron2.config import configurable
 from detectron2.data import detection_utils as utils
 from detectron2.data import transforms as T
 from detectron2.structures import BitMasks, Boxes, Instances
 
-from ..image_io import ImageReadError, check_normalization, read_image
+from ...io.images import ImageReadError, check_normalization, read_image
+from ...io.rle import polygons_to_rle
 
 __all__ = [
     "CellInstanceDatasetMapper",
@@ -107,16 +107,14 @@ def _polygons_to_rle(annotation, image_shape):
     """
     segmentation = annotation.get("segmentation")
     if isinstance(segmentation, list):
-        height, width = image_shape
-        polygons = [np.asarray(p, dtype=np.float64).ravel().tolist() for p in segmentation]
-        annotation["segmentation"] = mask_util.merge(mask_util.frPyObjects(polygons, height, width))
+        annotation["segmentation"] = polygons_to_rle(segmentation, *image_shape)
     return annotation
 
 
 class CellInstanceDatasetMapper:
     """Turns a Detectron2 dataset dict into the model's input for cell images.
 
-    Steps: read the image with :func:`iaunet_d2.data.image_io.read_image` (any bit
+    Steps: read the image with :func:`iaunet_d2.io.images.read_image` (any bit
     depth, grayscale repeated to 3 channels, ``INPUT.FORMAT`` channel order), apply
     :func:`build_cell_augmentations`, and in training convert the annotations to
     bitmask instances.
@@ -148,7 +146,7 @@ class CellInstanceDatasetMapper:
             augmentations (list[Augmentation or Transform]): applied in order.
             image_format (str): "BGR" or "RGB", the channel order of "image".
             normalization (str): intensity normalisation of images that are not
-                8-bit (``INPUT.INTENSITY_NORM``, see ``image_io``).
+                8-bit (``INPUT.INTENSITY_NORM``, see ``iaunet_d2.io.images``).
         """
         check_normalization(normalization)
         self.normalization = normalization

@@ -30,7 +30,8 @@ import tempfile
 
 import cv2
 import numpy as np
-import pycocotools.mask as mask_util
+
+from ...io.rle import crop_annotation
 
 __all__ = [
     "DEMO_DIRNAME",
@@ -208,16 +209,12 @@ def generate_cells_demo(dataset_dir, split, num_images=None, seed=None):
             {"id": image_id, "file_name": file_name, "height": image.shape[0], "width": image.shape[1]}
         )
         for mask in masks:
-            rle = mask_util.encode(np.asfortranarray(mask.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
             annotations.append(
                 {
                     "id": len(annotations) + 1,
                     "image_id": image_id,
                     "category_id": 1,
-                    "segmentation": rle,
-                    "area": int(mask_util.area(rle)),
-                    "bbox": [float(v) for v in mask_util.toBbox(rle)],
+                    **crop_annotation(mask, 0, 0, *mask.shape),
                     "iscrowd": 0,
                 }
             )

@@ -28,7 +28,8 @@ from typing import Optional
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.data.datasets import load_coco_json
 
-from ..converters import IMAGE_EXTENSIONS, convert_label_folder
+from ...io.images import fingerprint_files, list_images
+from ..converters import convert_label_folder
 from ..validation import DatasetError
 
 __all__ = ["FOLDER_DATASETS", "FolderLayout", "describe_folder", "register_folder_datasets"]
@@ -80,14 +81,8 @@ def describe_folder(folder):
 
 
 def _files_fingerprint(*folders):
-    digest = hashlib.sha1()
-    for folder in dict.fromkeys(folders):  # each folder once, in order
-        for name in sorted(os.listdir(folder)):
-            path = os.path.join(folder, name)
-            if name.lower().endswith(IMAGE_EXTENSIONS) and os.path.isfile(path):
-                st = os.stat(path)
-                digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
+    """Fingerprint of the image files of ``folders`` (each folder once, in order)."""
+    return fingerprint_files([path for folder in dict.fromkeys(folders) for path in list_images(folder)])
 
 
 def _cache_dir(folder, fallback_root):
