@@ -13,6 +13,7 @@ from detectron2.data import DatasetCatalog
 from detectron2.data.datasets import load_coco_json
 
 from iaunet_d2.data import converters as conv
+from iaunet_d2.data.datasets import DATASETS
 from iaunet_d2.io.rle import annotation_mask
 
 
@@ -213,7 +214,7 @@ def test_evican2(tmp_path, monkeypatch):
 
     monkeypatch.setenv("DETECTRON2_DATASETS", str(root))
     for split, difficulty in (("train", "easy"), ("test", "easy"), ("test", "medium"), ("test", "difficult")):
-        json_file, image_root = conv.DATASETS[f"evican2_{difficulty}"].splits[split]
+        json_file, image_root = DATASETS[f"evican2_{difficulty}"].splits[split]
         data = json.load(open(root / json_file))
         assert data["categories"] == [conv.CELL_CATEGORY]
         assert {a["category_id"] for a in data["annotations"]} == {1}

@@ -41,11 +41,7 @@ def main(argv=None):
             max_instances=args.max_instances, min_visible_fraction=args.min_visible_fraction,
             min_visible_area=args.min_visible_area,
         )
-        total.images += report.images
-        total.annotations += report.annotations
-        total.failed += report.failed
-        total.skipped += report.skipped
-        total.warnings += report.warnings
+        total.add(report)
     return finish(total, os.path.join(args.root, "livecell_crop"))
 
 
