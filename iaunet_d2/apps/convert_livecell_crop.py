@@ -15,7 +15,7 @@ import sys
 import iaunet_d2  # noqa: F401
 from iaunet_d2.apps.convert_common import add_common_arguments, finish
 from iaunet_d2.data.converters import ConversionReport, convert_livecell_crop
-from iaunet_d2.data.datasets.register_cells import DATASETS
+from iaunet_d2.data.datasets.specs import DATASETS
 
 
 def main(argv=None):

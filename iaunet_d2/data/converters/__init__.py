@@ -1,6 +1,6 @@
 """Converting cell annotations to the COCO json files the registered datasets read.
 
-Three sources are covered, each producing the layout of ``register_cells.DATASETS``
+Three sources are covered, each producing the layout of ``datasets.specs.DATASETS``
 (see ``datasets/README.md``, section "Converting datasets"), one module each:
 
 * ``label_images``: instance label images (one integer id per cell, 0 = background;

@@ -6,13 +6,13 @@ import os
 from typing import Dict
 
 from ...io.writers import write_json
-from ..datasets.register_cells import DATASETS
+from ..datasets.specs import DATASETS
 from .coco import CELL_CATEGORY, ConversionError, ConversionReport, coco_dict, load_coco
 
 __all__ = ["convert_evican2", "evican2_difficulty"]
 
 _DIFFICULTIES = ("easy", "medium", "difficult")
-# What the registered EVICAN2 names expect (register_cells.DATASETS), from one place.
+# What the registered EVICAN2 names expect (datasets.specs.DATASETS), from one place.
 _EVICAN_SPEC = DATASETS["evican2_easy"]
 
 
@@ -59,7 +59,7 @@ def _evican2_clean(data, source, max_instances, report):
 
 
 def _evican2_target(split, difficulty=None):
-    """Path, relative to the datasets root, that register_cells reads for a split."""
+    """Path, relative to the datasets root, of a split's json file in the dataset table."""
     key = f"evican2_{difficulty or 'easy'}"
     return DATASETS[key].splits[split][0]
 

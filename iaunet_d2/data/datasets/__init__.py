@@ -5,10 +5,8 @@ Detectron2's ``DatasetCatalog`` / ``MetadataCatalog`` (without touching the disk
 ``register_folder_datasets`` registers a lab's own folders named in the config.
 """
 from .cells_demo import ensure_cells_demo, generate_cells_demo, render_demo_image
+from .specs import DATASETS, REGISTERED_DATASETS, CellDatasetSpec
 from .register_cells import (
-    DATASETS,
-    REGISTERED_DATASETS,
-    CellDatasetSpec,
     DatasetNotFoundError,
     dataset_paths,
     dataset_root,
