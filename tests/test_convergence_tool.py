@@ -1,5 +1,5 @@
-"""tools/convergence.py (iaunet_d2.apps.convergence): fairness checks, metrics parsing,
-tables and chart, a tiny run."""
+"""tools/convergence.py (iaunet_d2.apps.convergence and convergence_report): fairness
+checks, metrics parsing, tables and chart, a tiny run."""
 import csv
 import json
 import os
@@ -67,7 +67,8 @@ def _result(label, seed, aps, seconds=10.0):
 
 
 def test_tables_and_chart_from_results(tmp_path):
-    tool = _tool()
+    from iaunet_d2.apps import convergence_report as report
+
     data = {
         "command": "python tools/convergence.py ...", "setting": "demo", "seeds": [1, 2],
         "device": "cpu", "title": "t", "labels": ["base", "other"],
@@ -76,7 +77,7 @@ def test_tables_and_chart_from_results(tmp_path):
         "missing": ["other seed 3: no finished run"],
     }
     prefix = str(tmp_path / "out")
-    text = tool.write_outputs(data, prefix)
+    text = report.write_outputs(data, prefix)
     # Mean over seeds, per-seed values, ratio to the first model, time ratio.
     assert "| base | 50.0 | 40.0 / 60.0 | 100.0 | 25.0 | 1.00 | 1.00 |" in text
     assert "| other | 25.0 | 20.0 / 30.0 | 50.0 | 12.5 | 0.50 | 2.00 |" in text

@@ -23,14 +23,13 @@ Before anything trains, the tool checks that every run has the same training and
 data, input size, batch, schedule and learning rate, and refuses (naming the key)
 otherwise. Writes OUTPUT.md (tables), OUTPUT.csv (one row per run, seed and evaluation),
 OUTPUT.json (everything, for ``--replot``) and OUTPUT.png (segm AP against iterations:
-the mean over seeds, with the seeds' range as a band).
+the mean over seeds, with the seeds' range as a band; written by
+``convergence_report``).
 """
 import iaunet_d2.compat  # noqa: F401  (must precede every Detectron2 import)
 
 import argparse
-import csv
 import json
-import math
 import os
 import re
 import subprocess
@@ -38,6 +37,7 @@ import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 
+from iaunet_d2.apps.convergence_report import METRICS, write_outputs
 from iaunet_d2.io.writers import write_json
 
 # Runs start in the folder that holds the iaunet_d2 package (the repository), as
@@ -51,7 +51,6 @@ EQUAL_KEYS = [
     "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER", "SOLVER.BASE_LR", "SOLVER.LR_SCHEDULER_NAME",
     "SOLVER.WARMUP_ITERS", "TEST.EVAL_PERIOD", "MODEL.DEVICE",
 ]
-METRICS = ("AP", "AP50", "AP75")
 DONE_FILE = "convergence_done.json"
 
 
@@ -230,122 +229,6 @@ def train_one(run, seed, work_dir, log, train=True):
     log(f"[{run['label']} seed {seed}] segm AP {curve[-1]['AP']:.1f} "
         f"(AP50 {curve[-1]['AP50']:.1f}) after {run['max_iter']} iterations, {seconds:.0f} s")
     return result
-
-
-def _fmt(value, digits=1):
-    return "nan" if value is None or math.isnan(value) else f"{value:.{digits}f}"
-
-
-def _mean(values):
-    values = [v for v in values if not math.isnan(v)]
-    return sum(values) / len(values) if values else float("nan")
-
-
-def summarize(results, labels):
-    """Per label: seeds, final metrics per seed and mean, mean curve, min/max band."""
-    summary = []
-    for label in labels:
-        mine = sorted((r for r in results if r["label"] == label), key=lambda r: r["seed"])
-        iters = sorted({p["iter"] for r in mine for p in r["curve"]})
-        curve = []
-        for it in iters:
-            values = [p["AP"] for r in mine for p in r["curve"] if p["iter"] == it]
-            clean = [v for v in values if not math.isnan(v)]
-            curve.append({"iter": it, "mean": _mean(values),
-                          "min": min(clean) if clean else float("nan"),
-                          "max": max(clean) if clean else float("nan")})
-        summary.append({
-            "label": label,
-            "seeds": [r["seed"] for r in mine],
-            "final": {m: [r["final"][m] for r in mine] for m in METRICS},
-            "mean": {m: _mean([r["final"][m] for r in mine]) for m in METRICS},
-            "seconds": _mean([r["seconds"] for r in mine]),
-            "curve": curve,
-        })
-    return summary
-
-
-def write_markdown(summary, path, header_lines):
-    base = summary[0]
-    lines = list(header_lines) + [""]
-    lines.append(f"| model | segm AP (mean) | per seed | AP50 | AP75 | AP / {base['label']} "
-                 f"| train time / {base['label']} |")
-    lines.append("|---|---|---|---|---|---|---|")
-    for s in summary:
-        ratio = s["mean"]["AP"] / base["mean"]["AP"] if base["mean"]["AP"] > 0 else float("nan")
-        speed = s["seconds"] / base["seconds"] if base["seconds"] > 0 else float("nan")
-        per_seed = " / ".join(_fmt(v) for v in s["final"]["AP"])
-        lines.append(f"| {s['label']} | {_fmt(s['mean']['AP'])} | {per_seed} | "
-                     f"{_fmt(s['mean']['AP50'])} | {_fmt(s['mean']['AP75'])} | "
-                     f"{_fmt(ratio, 2)} | {_fmt(speed, 2)} |")
-    iters = sorted({p["iter"] for s in summary for p in s["curve"]})
-    lines += ["", "segm AP (mean over seeds) at each evaluation:", ""]
-    lines.append("| model | " + " | ".join(str(i) for i in iters) + " |")
-    lines.append("|---|" + "---|" * len(iters))
-    for s in summary:
-        by_iter = {p["iter"]: p["mean"] for p in s["curve"]}
-        lines.append(f"| {s['label']} | " + " | ".join(_fmt(by_iter.get(i, float("nan")))
-                                                       for i in iters) + " |")
-    text = "\n".join(lines) + "\n"
-    with open(path, "w") as f:
-        f.write(text)
-    return text
-
-
-def write_csv(results, path):
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["model", "seed", "iteration", *METRICS, "train seconds"])
-        for r in results:
-            for p in r["curve"]:
-                writer.writerow([r["label"], r["seed"], p["iter"],
-                                 *[_fmt(p[m], 2) for m in METRICS], f"{r['seconds']:.1f}"])
-
-
-def plot_curves(summary, path, title):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(10.5, 5))
-    # Up to 20 distinguishable colours; markers vary too, for grey-scale prints.
-    colors = plt.get_cmap("tab10" if len(summary) <= 10 else "tab20").colors
-    markers = "osD^v<>ph*"
-    for i, s in enumerate(summary):
-        xs = [p["iter"] for p in s["curve"]]
-        line, = ax.plot(xs, [p["mean"] for p in s["curve"]], marker=markers[i % len(markers)],
-                        markersize=4, color=colors[i % len(colors)],
-                        label=f"{s['label']} ({_fmt(s['mean']['AP'])})")
-        if len(s["seeds"]) > 1:
-            ax.fill_between(xs, [p["min"] for p in s["curve"]], [p["max"] for p in s["curve"]],
-                            color=line.get_color(), alpha=0.15, linewidth=0)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("segm AP")
-    ax.set_ylim(bottom=0)
-    ax.grid(alpha=0.3)
-    ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7 if len(summary) > 10 else 8, loc="upper left", bbox_to_anchor=(1.01, 1.0),
-              title="model (final segm AP)", title_fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-
-
-def write_outputs(data, prefix):
-    summary = summarize(data["results"], data["labels"])
-    header = ["Command:", "", "```bash", data["command"], "```", "",
-              f"Every model: {data['setting']}; seeds {data['seeds']}; "
-              f"device: {data['device']}. Band in the chart: the seeds' range."]
-    if data.get("allowed_differences"):
-        header += ["", "Allowed to differ between runs: " + ", ".join(data["allowed_differences"])
-                   + " (see the runs' overrides in the command)."]
-    if data.get("missing"):
-        header += ["", "Not finished, left out: " + "; ".join(data["missing"]) + "."]
-    text = write_markdown(summary, prefix + ".md", header)
-    write_csv(data["results"], prefix + ".csv")
-    plot_curves(summary, prefix + ".png", data.get("title") or "segm AP during training")
-    return text
 
 
 def _device_name(runs):
