@@ -9,7 +9,8 @@ from detectron2.modeling import build_model
 from iaunet_test_utils import small_iaunet_cfg, synthetic_batch
 
 from iaunet_d2.engine import build_config
-from iaunet_d2.modeling.criterion import IAUNetSetCriterion, dice_loss, sigmoid_bce_loss
+from iaunet_d2.modeling.criterion import IAUNetSetCriterion
+from iaunet_d2.modeling.losses import dice_loss, sigmoid_bce_loss
 from iaunet_d2.modeling.transformer_decoder import build_transformer_decoder
 from iaunet_d2.solver import build_optimizer
 
@@ -276,14 +277,12 @@ def test_a_checkpoint_of_the_paper_decoder_loads_and_predicts_as_trained(tmp_pat
 
 
 def test_centroid_distance_is_measured_from_each_map_centre_of_mass():
-    from iaunet_d2.modeling.transformer_decoder.iaunet_transformer_decoder import (
-        _centroid_distance2,
-    )
+    from iaunet_d2.modeling.transformer_decoder.instance_activation import centroid_distance2
 
     maps = torch.zeros(1, 2, 4, 4)
     maps[0, 0, 1, 2] = 1.0  # a point: pixel centre (y, x) = (-0.25, 0.25) on a 4x4 grid
     maps[0, 1, :, :2] = 1 / 8  # the left half: centroid (0, -0.5)
-    d2 = _centroid_distance2(maps, (8, 8))
+    d2 = centroid_distance2(maps, (8, 8))
     assert d2.shape == (1, 2, 8, 8)
     # On the 8x8 grid, pixel centres are at (i + 0.5) / 8 * 2 - 1.
     ys = (torch.arange(8) + 0.5) / 4 - 1
@@ -313,9 +312,148 @@ def test_center_prior_lowers_logits_away_from_the_activation_centroid():
     for q in range(masks.shape[0]):
         peak = masks[q].flatten().argmax()
         # The best pixel of each mask lies within 3 pixels (1/4 grid) of its map's centroid.
-        from iaunet_d2.modeling.transformer_decoder.iaunet_transformer_decoder import (
-            _centroid_distance2,
-        )
+        from iaunet_d2.modeling.transformer_decoder.instance_activation import centroid_distance2
 
-        d2 = _centroid_distance2(maps[q][None, None], (16, 16))[0, 0]
+        d2 = centroid_distance2(maps[q][None, None], (16, 16))[0, 0]
         assert d2.flatten()[peak] <= (3 * 2 / 16) ** 2
+
+
+# ------------------------------------------------------------------ anchor points
+
+
+def test_halton_points_cover_the_square_without_repeats():
+    from iaunet_d2.modeling.transformer_decoder.instance_activation import halton_points
+
+    points = halton_points(50)
+    assert points.shape == (50, 2)
+    assert torch.allclose(points[:3], torch.tensor([[0.5, 1 / 3], [0.25, 2 / 3], [0.75, 1 / 9]]))
+    assert ((points > 0) & (points < 1)).all()
+    assert torch.cdist(points, points).add(torch.eye(50)).min() > 0.03
+    # Every quarter of the square holds about a quarter of the points.
+    quarters = (points[:, 0] > 0.5).long() * 2 + (points[:, 1] > 0.5).long()
+    assert torch.bincount(quarters, minlength=4).min() >= 10
+
+
+def test_anchor_location_bias_peaks_at_the_anchor():
+    from iaunet_d2.modeling.transformer_decoder.instance_activation import anchor_location_bias
+
+    anchors = torch.tensor([[1.5 / 16, 2.5 / 8], [0.9, 0.1]])
+    bias = anchor_location_bias(anchors, (8, 16), sigma=0.1)
+    assert bias.shape == (2, 8, 16)
+    # Anchor 0 sits on the pixel centre (row 2, column 1) of an 8 x 16 grid.
+    assert bias[0].flatten().argmax() == 2 * 16 + 1 and bias[0, 2, 1] == 0
+    # One pixel to the right is 1/16 away: -(1/16)^2 / (2 * 0.01).
+    assert bias[0, 2, 2].item() == pytest.approx(-(1 / 16) ** 2 / 0.02)
+    row, col = divmod(int(bias[1].flatten().argmax()), 16)
+    assert (row, col) == (0, 14)
+
+
+def test_anchor_points_start_each_query_from_its_own_region():
+    """Without anchors all initial activation maps are near-uniform, so the N queries
+    are near-equal global averages; with anchors each map is centred on its anchor."""
+    from iaunet_d2.modeling.transformer_decoder.instance_activation import centroid_distance2
+
+    def first_level_maps(anchor_points):
+        torch.manual_seed(0)
+        # A narrow prior (0.2 of the anchor spacing), so that the image border does not
+        # pull the centroids inwards.
+        cfg = small_iaunet_cfg(ANCHOR_POINTS=anchor_points, ANCHOR_SIGMA=0.2)
+        _, out = _decoder_outputs(cfg)
+        return out["activation_maps"][-1][0].detach()  # (N, 16, 16), finest level
+
+    plain, anchored = first_level_maps(False), first_level_maps(True)
+    assert plain.amax((1, 2)).max() < 2.0 / plain[0].numel()  # near-uniform
+    decoder = build_transformer_decoder(small_iaunet_cfg(ANCHOR_POINTS=True))
+    anchors = decoder.anchors.weight.detach() * 2 - 1  # to the [-1, 1] centroid frame
+    d2 = centroid_distance2(anchored[None], (1, 1))[0, :, 0, 0]  # from the image centre
+    # Each map's centroid is its anchor: distance from the centre = the anchor's.
+    assert torch.allclose(d2, anchors.pow(2).sum(1), atol=0.05)
+    # The maps of different queries overlap little (uniform maps overlap fully).
+    overlap = lambda m: (m.flatten(1) @ m.flatten(1).T).fill_diagonal_(0).sum() / (  # noqa: E731
+        m.flatten(1).pow(2).sum() * (m.shape[0] - 1))
+    assert overlap(anchored) < 0.5 * overlap(plain)
+
+
+def test_activation_cost_matches_each_target_to_the_map_inside_it():
+    from iaunet_d2.modeling.matcher import HungarianMatcher
+
+    # Three queries' maps (one level, 4 x 4): on the right half, the top left pixel, the
+    # bottom row. Two targets at 8 x 8: the bottom left quarter and the right half.
+    maps = torch.zeros(1, 3, 4, 4)
+    maps[0, 0, :, 2:] = 1 / 8
+    maps[0, 1, 0, 0] = 1.0
+    maps[0, 2, 3, :] = 1 / 4
+    masks = torch.zeros(2, 8, 8)
+    masks[0, 4:, :4] = 1
+    masks[1, :, 4:] = 1
+    cost = HungarianMatcher.activation_cost([maps[0]], masks)
+    expected_mass = torch.tensor([[0.0, 1.0], [0.0, 0.0], [0.5, 0.5]])
+    assert torch.allclose(cost, -torch.log(expected_mass.clamp(min=1e-6)))
+
+    # With equal class and mask predictions the activation cost alone decides.
+    outputs = {
+        "pred_logits": torch.zeros(1, 3, 2),
+        "pred_masks": torch.zeros(1, 3, 2, 2),
+        "activation_maps": [maps],
+    }
+    targets = [{"labels": torch.zeros(2, dtype=torch.int64), "masks": masks}]
+    matcher = HungarianMatcher(cost_class=1.0, cost_mask=1.0, cost_dice=1.0, num_points=64,
+                               cost_activation=1.0)
+    (pred_idx, tgt_idx), = matcher(outputs, targets)
+    assert dict(zip(pred_idx.tolist(), tgt_idx.tolist())) == {0: 1, 2: 0}
+
+
+# ------------------------------------------------------------------ centre head
+
+
+def test_mask_centroids_are_the_centres_of_mass():
+    from iaunet_d2.modeling.matcher import mask_centroids
+
+    masks = torch.zeros(3, 8, 16)
+    masks[0, 2:4, 4:8] = 1  # rows 2-3, columns 4-7
+    masks[1, :, :] = 1
+    centres = mask_centroids(masks)
+    assert torch.allclose(centres[0], torch.tensor([6 / 16, 3 / 8]))
+    assert torch.allclose(centres[1], torch.tensor([0.5, 0.5]))
+    assert torch.allclose(centres[2], torch.tensor([0.5, 0.5]))  # empty: the centre
+
+
+def test_center_head_starts_at_the_anchors_and_learns_the_centroids():
+    torch.manual_seed(0)
+    cfg = small_iaunet_cfg(ANCHOR_POINTS=True, CENTER_WEIGHT=5.0, DEEP_SUPERVISION=True)
+    model, out = _decoder_outputs(cfg)
+    anchors = model.transformer_decoder.anchors.weight
+    assert torch.allclose(out["pred_centers"][0], anchors, atol=1e-5)
+    assert all("pred_centers" in aux for aux in out["aux_outputs"])
+
+    criterion = model.criterion
+    assert criterion.matcher.cost_center == 5.0
+    masks = torch.zeros(1, 64, 64, dtype=torch.bool)
+    masks[0, 40:56, 8:24] = True  # centroid (16 / 64, 48 / 64)
+    targets = [{"labels": torch.zeros(1, dtype=torch.int64), "masks": masks}]
+    pred = torch.full((1, 6, 2), 0.5, requires_grad=True)
+    with torch.no_grad():
+        pred[0, 3] = torch.tensor([0.3, 0.7])
+    indices = [(torch.tensor([3]), torch.tensor([0]))]
+    loss = criterion.loss_centers(pred, targets, indices, torch.tensor(1.0))
+    assert loss.item() == pytest.approx(0.05 + 0.05, abs=1e-6)
+    loss.backward()
+    assert torch.equal(pred.grad[0, 3], torch.tensor([1.0, -1.0]))
+    assert torch.count_nonzero(pred.grad[0, :3]) == 0
+    # Matching by centre alone picks the query nearest to the centroid.
+    outputs = {"pred_logits": torch.zeros(1, 6, 2), "pred_masks": torch.zeros(1, 6, 16, 16),
+               "pred_centers": pred.detach()}
+    (pred_idx, tgt_idx), = criterion.matcher(outputs, targets)
+    assert pred_idx.tolist() == [3] and tgt_idx.tolist() == [0]
+
+
+def test_center_prior_follows_the_predicted_centres():
+    from iaunet_d2.modeling.transformer_decoder.instance_activation import point_distance2
+
+    points = torch.tensor([[[0.25, 0.75]]])
+    d2 = point_distance2(points, (4, 4))
+    # Pixel (row 3, column 0) of a 4 x 4 grid has centre (0.125, 0.875), 0.125 away from
+    # the point on both axes: (2 * 0.125)^2 * 2 in the [-1, 1] frame.
+    assert d2.shape == (1, 1, 4, 4)
+    assert d2[0, 0, 3, 0].item() == pytest.approx(2 * 0.25 ** 2)
+    assert d2[0, 0].flatten().argmin() in (2 * 4 + 0, 2 * 4 + 1, 3 * 4 + 0, 3 * 4 + 1)

@@ -42,16 +42,10 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
-from .matcher import HungarianMatcher, pixel_index_to_coords, sample_logits_at
+from .losses import dice_loss, sample_points_with_importance, sigmoid_bce_loss
+from .matcher import HungarianMatcher, mask_centroids, pixel_index_to_coords, sample_logits_at
 
-__all__ = [
-    "IAUNET_CRITERION_REGISTRY",
-    "build_criterion",
-    "IAUNetSetCriterion",
-    "sigmoid_bce_loss",
-    "dice_loss",
-    "sample_points_with_importance",
-]
+__all__ = ["IAUNET_CRITERION_REGISTRY", "build_criterion", "IAUNetSetCriterion"]
 
 IAUNET_CRITERION_REGISTRY = Registry("IAUNET_CRITERION")
 IAUNET_CRITERION_REGISTRY.__doc__ = """
@@ -64,68 +58,6 @@ def build_criterion(cfg) -> nn.Module:
     """Build the criterion named by ``cfg.MODEL.IAUNET.CRITERION_NAME``."""
     name = cfg.MODEL.IAUNET.CRITERION_NAME
     return IAUNET_CRITERION_REGISTRY.get(name)(cfg)
-
-
-def sigmoid_bce_loss(pred: torch.Tensor, target: torch.Tensor, num_masks: torch.Tensor):
-    """Sum over masks of the mean point-wise sigmoid BCE, divided by ``num_masks``.
-
-    Args:
-        pred: (K, P) logits; target: (K, P) values in [0, 1]; num_masks: scalar.
-    Returns:
-        scalar.
-    """
-    loss = F.binary_cross_entropy_with_logits(pred, target, reduction="none")
-    return loss.mean(1).sum() / num_masks
-
-
-def dice_loss(pred: torch.Tensor, target: torch.Tensor, num_masks: torch.Tensor):
-    """Sum over masks of ``1 - (2|p.t| + 1) / (|p| + |t| + 1)``, divided by ``num_masks``.
-
-    Args:
-        pred: (K, P) logits; target: (K, P) values in [0, 1]; num_masks: scalar.
-    Returns:
-        scalar.
-    """
-    prob = pred.sigmoid()
-    numerator = 2.0 * (prob * target).sum(-1)
-    denominator = prob.sum(-1) + target.sum(-1)
-    loss = 1.0 - (numerator + 1.0) / (denominator + 1.0)
-    return loss.sum() / num_masks
-
-
-@torch.no_grad()
-def sample_points_with_importance(
-    mask_logits: torch.Tensor,
-    height: int,
-    width: int,
-    num_points: int,
-    oversample_ratio: float,
-    importance_sample_ratio: float,
-) -> torch.Tensor:
-    """Choose ``num_points`` pixel centres of a ``height x width`` grid per mask.
-
-    Args:
-        mask_logits: (K, h, w) predicted logits (any resolution covering the same extent).
-    Returns:
-        int64 (K, num_points) flat pixel indices into the ``height x width`` grid.
-    """
-    num_masks = mask_logits.shape[0]
-    device = mask_logits.device
-    num_important = int(importance_sample_ratio * num_points)
-    num_uniform = num_points - num_important
-    parts = []
-    if num_important > 0:
-        num_candidates = max(int(num_points * oversample_ratio), num_important)
-        candidates = torch.randint(height * width, (num_masks, num_candidates), device=device)
-        logits = sample_logits_at(
-            mask_logits[:, None].float(), pixel_index_to_coords(candidates, height, width)
-        )[:, 0]
-        # Uncertainty = -|logit|: the points where the prediction is least decided.
-        top = torch.topk(-logits.abs(), k=num_important, dim=1).indices
-        parts.append(torch.gather(candidates, 1, top))
-    if num_uniform > 0:
-        parts.append(torch.randint(height * width, (num_masks, num_uniform), device=device))
-    return torch.cat(parts, dim=1)
 
 
 @IAUNET_CRITERION_REGISTRY.register()
@@ -157,8 +89,10 @@ class IAUNetSetCriterion(nn.Module):
         mask_loss: str = "points",
         activation_map_weight: float = 0.0,
         dense_weight: float = 0.0,
+        center_weight: float = 0.0,
     ):
         super().__init__()
+        self.center_weight = center_weight
         if mask_loss not in ("points", "dense"):
             raise ValueError(f"MODEL.IAUNET.MASK_LOSS must be 'points' or 'dense', got {mask_loss!r}")
         self.mask_loss = mask_loss
@@ -199,6 +133,7 @@ class IAUNetSetCriterion(nn.Module):
             "mask_loss": ia.MASK_LOSS,
             "activation_map_weight": ia.ACTIVATION_MAP_WEIGHT,
             "dense_weight": ia.DENSE_WEIGHT,
+            "center_weight": ia.CENTER_WEIGHT,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -356,6 +291,28 @@ class IAUNetSetCriterion(nn.Module):
         target = self.dense_targets(targets, tuple(pred_dense.shape[-2:])).to(pred_dense.device)
         return F.binary_cross_entropy_with_logits(pred_dense.float(), target)
 
+    @staticmethod
+    def loss_centers(
+        pred_centers: torch.Tensor,
+        targets: List[Dict[str, torch.Tensor]],
+        indices: List[Tuple[torch.Tensor, torch.Tensor]],
+        num_masks: torch.Tensor,
+    ) -> torch.Tensor:
+        """L1 distance of the matched queries' centres from their targets' centroids,
+        summed and divided by ``num_masks``.
+
+        Args:
+            pred_centers: (B, N, 2) (x, y) in [0, 1] of the padded image.
+        """
+        total = pred_centers.sum() * 0.0  # a gradient for every parameter (DDP)
+        for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
+            if pred_idx.numel() == 0:
+                continue
+            centres = mask_centroids(target["masks"][tgt_idx.to(target["masks"].device)])
+            pred = pred_centers[b][pred_idx.to(pred_centers.device)].float()
+            total = total + (pred - centres.to(pred.device)).abs().sum()
+        return total / num_masks
+
     def single_output_losses(
         self,
         outputs: Dict[str, torch.Tensor],
@@ -366,9 +323,15 @@ class IAUNetSetCriterion(nn.Module):
         """Match one output (main or auxiliary) and return its weighted losses."""
         indices = self.matcher(outputs, targets)
         losses = {}
-        if self.activation_map_weight > 0 and outputs.get("activation_maps"):
+        # Auxiliary outputs carry their level's maps for matching; the loss is on the
+        # main output's maps of every level.
+        if self.activation_map_weight > 0 and not suffix and outputs.get("activation_maps"):
             losses["loss_activation" + suffix] = self.activation_map_weight * (
                 self.loss_activation_maps(outputs["activation_maps"], targets, indices, num_masks)
+            )
+        if self.center_weight > 0 and "pred_centers" in outputs:
+            losses["loss_center" + suffix] = self.center_weight * self.loss_centers(
+                outputs["pred_centers"], targets, indices, num_masks
             )
         loss_ce = self.loss_labels(outputs["pred_logits"], targets, indices)
         loss_mask, loss_dice = self.loss_masks(outputs["pred_masks"], targets, indices, num_masks)

@@ -33,6 +33,7 @@ __all__ = [
     "pixel_index_to_coords",
     "compute_cost_matrix",
     "linear_assignment",
+    "mask_centroids",
     "batch_dice_cost",
     "batch_sigmoid_bce_cost",
     "sample_logits_at",
@@ -76,6 +77,26 @@ def sample_pixel_centers(
     """
     index = torch.randint(height * width, (*shape_prefix, num_points), device=device)
     return index, pixel_index_to_coords(index, height, width)
+
+
+def mask_centroids(masks: torch.Tensor) -> torch.Tensor:
+    """Centres of mass of binary masks.
+
+    Args:
+        masks: (M, H, W) bool/float masks.
+    Returns:
+        float32 (M, 2) (x, y) of each mask's centroid in [0, 1] of the grid (pixel
+        centres at (i + 0.5) / size); the grid centre for an empty mask.
+    """
+    m = masks.float()
+    height, width = m.shape[-2:]
+    xs = (torch.arange(width, device=m.device, dtype=m.dtype) + 0.5) / width
+    ys = (torch.arange(height, device=m.device, dtype=m.dtype) + 0.5) / height
+    area = m.sum((1, 2))
+    cx = (m.sum(1) * xs).sum(1) / area.clamp(min=1)
+    cy = (m.sum(2) * ys).sum(1) / area.clamp(min=1)
+    centres = torch.stack([cx, cy], dim=1)
+    return torch.where(area[:, None] > 0, centres, torch.full_like(centres, 0.5))
 
 
 def batch_sigmoid_bce_cost(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -184,6 +205,8 @@ class HungarianMatcher(nn.Module):
         cost_mask: float = 1.0,
         cost_dice: float = 1.0,
         num_points: int = 112 * 112,
+        cost_activation: float = 0.0,
+        cost_center: float = 0.0,
     ):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
@@ -194,6 +217,8 @@ class HungarianMatcher(nn.Module):
         self.cost_mask = cost_mask
         self.cost_dice = cost_dice
         self.num_points = num_points
+        self.cost_activation = cost_activation
+        self.cost_center = cost_center
 
     @classmethod
     def from_config(cls, cfg):
@@ -203,6 +228,8 @@ class HungarianMatcher(nn.Module):
             "cost_mask": ia.MASK_WEIGHT,
             "cost_dice": ia.DICE_WEIGHT,
             "num_points": ia.TRAIN_NUM_POINTS,
+            "cost_activation": ia.ACTIVATION_COST,
+            "cost_center": ia.CENTER_WEIGHT,
         }
 
     def image_cost(
@@ -237,6 +264,25 @@ class HungarianMatcher(nn.Module):
             self.cost_dice,
         )
 
+    @staticmethod
+    def activation_cost(maps: List[torch.Tensor], tgt_masks: torch.Tensor) -> torch.Tensor:
+        """Mean over levels of -log(mass of each query's activation map inside each target).
+
+        Args:
+            maps: list over levels of (N, h_l, w_l) maps of one image, each summing to 1.
+            tgt_masks: (M, H, W) targets at the padded input size (a multiple of h_l, w_l).
+        Returns:
+            (N, M) float32 cost.
+        """
+        targets = tgt_masks[:, None].float()
+        cost = 0.0
+        for level_maps in maps:
+            # Exact average pooling: the share of each map pixel covered by the target.
+            cover = F.adaptive_avg_pool2d(targets, level_maps.shape[-2:]).flatten(1)  # (M, hw)
+            mass = level_maps.float().flatten(1) @ cover.to(level_maps.device).T  # (N, M)
+            cost = cost - torch.log(mass.clamp(min=1e-6))
+        return cost / len(maps)
+
     @torch.no_grad()
     def forward(
         self, outputs: Dict[str, torch.Tensor], targets: List[Dict[str, torch.Tensor]]
@@ -255,11 +301,22 @@ class HungarianMatcher(nn.Module):
                 indices.append((empty, empty.clone()))
                 continue
             cost = self.image_cost(pred_logits[b], pred_masks[b], labels, target["masks"])
+            if self.cost_activation > 0 and outputs.get("activation_maps"):
+                cost = cost + self.cost_activation * self.activation_cost(
+                    [maps[b] for maps in outputs["activation_maps"]], target["masks"]
+                ).to(cost.device)
+            if self.cost_center > 0 and "pred_centers" in outputs:
+                # L1 distance of the predicted centres from the targets' centroids.
+                cost = cost + self.cost_center * torch.cdist(
+                    outputs["pred_centers"][b].float(),
+                    mask_centroids(target["masks"]).to(cost.device), p=1,
+                )
             indices.append(linear_assignment(cost))
         return indices
 
     def extra_repr(self) -> str:
         return (
             f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, "
-            f"cost_dice={self.cost_dice}, num_points={self.num_points}"
+            f"cost_dice={self.cost_dice}, num_points={self.num_points}, "
+            f"cost_activation={self.cost_activation}, cost_center={self.cost_center}"
         )

@@ -16,7 +16,7 @@ from detectron2.config import configurable
 from detectron2.layers import Conv2d
 from torch import nn
 
-from ..transformer_decoder.iaunet_transformer_decoder import AttentionLayer, FFNLayer
+from ..transformer_decoder.layers import AttentionLayer, FFNLayer
 from ..transformer_decoder.position_encoding import PositionEmbeddingSine
 
 __all__ = [

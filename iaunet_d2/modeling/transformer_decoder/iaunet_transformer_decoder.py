@@ -1,4 +1,4 @@
-"""Instance activation and the parallel dual-path transformer decoder of IAUNet.
+"""IAUNet's transformer decoder: instance activation and parallel dual-path layers.
 
 At each pixel-decoder level (coarse to fine):
 
@@ -25,251 +25,19 @@ from torch import nn
 
 from ..pixel_decoder import LevelFeatures
 from .build import IAUNET_TRANSFORMER_DECODER_REGISTRY
+from .instance_activation import (
+    InstanceActivation,
+    anchor_location_bias,
+    centroid_distance2,
+    halton_points,
+    point_distance2,
+)
+from .layers import DualPathDecoderLayer, QueryDecoderLayer
 from .position_encoding import PositionEmbeddingSine
 
 logger = logging.getLogger(__name__)
 
-__all__ = [
-    "AttentionLayer",
-    "DualPathDecoderLayer",
-    "FFNLayer",
-    "IAUNetTransformerDecoder",
-    "InstanceActivation",
-    "QueryDecoderLayer",
-]
-
-
-class InstanceActivation(nn.Module):
-    """Activation maps and guided queries from instance features.
-
-    A 3x3 conv gives N logit maps; a softmax over all H*W positions of each map gives
-    the activation maps A, and the queries are A @ X_i (every map soft-pools the whole
-    feature map; no top-k selection).
-    """
-
-    def __init__(self, in_channels: int, num_queries: int, prior_prob: float = 0.01):
-        super().__init__()
-        self.conv = nn.Conv2d(in_channels, num_queries, kernel_size=3, padding=1)
-        nn.init.normal_(self.conv.weight, std=0.01)
-        # Focal-style prior bias. Note: a per-map constant cancels in the softmax over
-        # H*W, so this bias does not change A and its gradient is (numerically) zero.
-        nn.init.constant_(self.conv.bias, -math.log((1 - prior_prob) / prior_prob))
-
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            x: instance features (B, C, H, W).
-        Returns:
-            queries (B, N, C) and activation maps (B, N, H, W), each map summing to 1.
-        """
-        b, c, h, w = x.shape
-        maps = self.conv(x).flatten(2).softmax(dim=-1)  # (B, N, HW)
-        queries = torch.bmm(maps, x.flatten(2).transpose(1, 2))  # (B, N, C)
-        return queries, maps.view(b, -1, h, w)
-
-
-def _with_pos(x: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:
-    return x if pos is None else x + pos
-
-
-class AttentionLayer(nn.Module):
-    """Multi-head (cross- or self-) attention with residual and LayerNorm.
-
-    ``forward(x, memory=None)``: x (B, Lq, d) attends to memory (B, Lk, d), or to itself
-    when memory is None; positional embeddings are added to queries and keys only.
-    Post-norm by default, pre-norm with ``pre_norm=True``. Output (B, Lq, d).
-    """
-
-    def __init__(self, d_model: int, nhead: int, dropout: float = 0.0, pre_norm: bool = False):
-        super().__init__()
-        self.attn = nn.MultiheadAttention(d_model, nhead, dropout=dropout, batch_first=True)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-        nn.init.xavier_uniform_(self.attn.in_proj_weight)
-        nn.init.xavier_uniform_(self.attn.out_proj.weight)
-
-    def forward(
-        self,
-        x: torch.Tensor,
-        memory: Optional[torch.Tensor] = None,
-        pos: Optional[torch.Tensor] = None,
-        memory_pos: Optional[torch.Tensor] = None,
-    ) -> torch.Tensor:
-        q = self.norm(x) if self.pre_norm else x
-        if memory is None:
-            memory, memory_pos = q, pos
-        out = self._attend(_with_pos(q, pos), _with_pos(memory, memory_pos), memory)
-        if self.pre_norm:
-            return x + self.dropout(out)
-        return self.norm(x + self.dropout(out))
-
-    def _attend(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor) -> torch.Tensor:
-        """``self.attn(query, key, value)[0]`` computed from its weights: the same math,
-        but the heads stay strided views into the projections, which saves the copies
-        nn.MultiheadAttention makes (about 20 ms per 128 x 128 pixel map on 2 CPU cores).
-        query (B, Lq, d), key and value (B, Lk, d) -> (B, Lq, d)."""
-        attn = self.attn
-        batch, len_q, dim = query.shape
-
-        def project_to_heads(x, weight, bias):  # (B, L, d) -> (B, heads, L, head_dim) view
-            y = F.linear(x, weight, bias)
-            return y.view(batch, x.shape[1], attn.num_heads, attn.head_dim).transpose(1, 2)
-
-        q, k, v = (
-            project_to_heads(x, w, b)
-            for x, w, b in zip((query, key, value), attn.in_proj_weight.chunk(3),
-                               attn.in_proj_bias.chunk(3))
-        )
-        dropout = attn.dropout if self.training else 0.0
-        out = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
-        return attn.out_proj(out.transpose(1, 2).reshape(batch, len_q, dim))
-
-
-class FFNLayer(nn.Module):
-    """Linear -> ReLU -> Linear with residual and LayerNorm; (B, L, d) -> (B, L, d)."""
-
-    def __init__(self, d_model: int, dim_feedforward: int, dropout: float = 0.0, pre_norm: bool = False):
-        super().__init__()
-        self.linear1 = nn.Linear(d_model, dim_feedforward)
-        self.linear2 = nn.Linear(dim_feedforward, d_model)
-        self.norm = nn.LayerNorm(d_model)
-        self.dropout = nn.Dropout(dropout)
-        self.pre_norm = pre_norm
-        nn.init.xavier_uniform_(self.linear1.weight)
-        nn.init.xavier_uniform_(self.linear2.weight)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        y = self.norm(x) if self.pre_norm else x
-        # In place without autograd: saves writing a fresh (L, dim_feedforward) tensor.
-        y = self.linear2(self.dropout(F.relu(self.linear1(y), inplace=not torch.is_grad_enabled())))
-        if self.pre_norm:
-            return x + self.dropout(y)
-        return self.norm(x + self.dropout(y))
-
-
-# Pixels per block of the blocked pixel path (see ``_pixel_path``). Large on purpose:
-# measured on a shared 2-core CPU, small blocks (1024-4096) were slower than one pass
-# because every extra op can stall on a descheduled OpenMP thread; the blocks mainly cap
-# the FFN's (L, dim_feedforward) activation at 128 MiB for large images (a 512 px input,
-# 16384 pixels at 1/4 resolution, runs in one block).
-PIXEL_CHUNK = 16384
-
-
-def _pixel_path(
-    attn: AttentionLayer,
-    ffn: FFNLayer,
-    x: torch.Tensor,
-    queries: torch.Tensor,
-    pixel_pos: torch.Tensor,
-    query_pos: torch.Tensor,
-) -> torch.Tensor:
-    """``ffn(attn(x, queries, pixel_pos, query_pos))`` for pixel tokens x (B, L, d).
-
-    Every step is independent per pixel (the pixels attend to the queries, never to each
-    other), so without autograd the pixels are processed in blocks of ``PIXEL_CHUNK``,
-    which bounds the (block, dim_feedforward) FFN activation for large inputs. Results
-    equal the unblocked path up to float rounding. With autograd (training) the
-    plain path runs.
-    """
-    length = x.shape[1]
-    if torch.is_grad_enabled() or length <= PIXEL_CHUNK:
-        return ffn(attn(x, queries, pixel_pos, query_pos))
-    out = torch.empty_like(x)
-    for start in range(0, length, PIXEL_CHUNK):
-        end = min(start + PIXEL_CHUNK, length)
-        out[:, start:end] = ffn(attn(x[:, start:end], queries, pixel_pos[:, start:end], query_pos))
-    return out
-
-
-class DualPathDecoderLayer(nn.Module):
-    """One parallel dual-path decoder layer.
-
-    Order: instance pixels attend to the queries (+FFN); mask pixels attend to the same
-    queries (+FFN); the queries attend to the *updated* instance pixels, then to each
-    other (self-attention), then FFN.
-    """
-
-    def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.0, pre_norm: bool = False
-    ):
-        super().__init__()
-        args = (d_model, nhead, dropout, pre_norm)
-        ffn_args = (d_model, dim_feedforward, dropout, pre_norm)
-        self.inst_cross_attn = AttentionLayer(*args)
-        self.inst_ffn = FFNLayer(*ffn_args)
-        self.mask_cross_attn = AttentionLayer(*args)
-        self.mask_ffn = FFNLayer(*ffn_args)
-        self.query_cross_attn = AttentionLayer(*args)
-        self.query_self_attn = AttentionLayer(*args)
-        self.query_ffn = FFNLayer(*ffn_args)
-
-    def forward(
-        self,
-        queries: torch.Tensor,
-        query_pos: torch.Tensor,
-        inst: torch.Tensor,
-        mask: torch.Tensor,
-        pixel_pos: torch.Tensor,
-    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """
-        Args:
-            queries: (B, Q, d); query_pos: (B, Q, d) learned positional embeddings.
-            inst, mask: flattened instance / mask pixel features (B, L, d).
-            pixel_pos: (B, L, d) sine positional embedding of the pixels.
-        Returns:
-            updated (queries (B, Q, d), inst (B, L, d), mask (B, L, d)).
-        """
-        inst = _pixel_path(self.inst_cross_attn, self.inst_ffn, inst, queries, pixel_pos, query_pos)
-        mask = _pixel_path(self.mask_cross_attn, self.mask_ffn, mask, queries, pixel_pos, query_pos)
-        queries = self.query_cross_attn(queries, inst, query_pos, pixel_pos)
-        queries = self.query_self_attn(queries, None, query_pos)
-        queries = self.query_ffn(queries)
-        return queries, inst, mask
-
-
-def _centroid_distance2(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Squared distance of every pixel of a ``size`` grid from each map's centroid.
-
-    Coordinates are pixel centres normalised to [-1, 1] on both grids, so maps of any
-    level's resolution place their centroid on the mask grid consistently.
-    maps: (B, N, h, w), each summing to 1 -> (B, N, size[0], size[1]).
-    """
-    def centres(n, ref):
-        return (torch.arange(n, device=ref.device, dtype=ref.dtype) + 0.5) / n * 2 - 1
-
-    h, w = maps.shape[-2:]
-    cy = (maps.sum(-1) * centres(h, maps)).sum(-1)  # (B, N)
-    cx = (maps.sum(-2) * centres(w, maps)).sum(-1)
-    ys, xs = centres(size[0], maps), centres(size[1], maps)
-    return (ys[:, None] - cy[..., None, None]) ** 2 + (xs[None, :] - cx[..., None, None]) ** 2
-
-
-class QueryDecoderLayer(nn.Module):
-    """A query-only decoder layer: the queries attend to the instance pixels, then to
-    each other, then FFN; the pixel features are left unchanged. Used for the extra
-    layers per level (``MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL``), in the manner of the
-    authors' later recipe, which refines the queries several times per level."""
-
-    def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.0, pre_norm: bool = False
-    ):
-        super().__init__()
-        self.cross_attn = AttentionLayer(d_model, nhead, dropout, pre_norm)
-        self.self_attn = AttentionLayer(d_model, nhead, dropout, pre_norm)
-        self.ffn = FFNLayer(d_model, dim_feedforward, dropout, pre_norm)
-
-    def forward(
-        self,
-        queries: torch.Tensor,
-        query_pos: torch.Tensor,
-        inst: torch.Tensor,
-        pixel_pos: torch.Tensor,
-    ) -> torch.Tensor:
-        """queries, query_pos (B, Q, d); inst, pixel_pos (B, L, d) -> queries (B, Q, d)."""
-        queries = self.cross_attn(queries, inst, query_pos, pixel_pos)
-        queries = self.self_attn(queries, None, query_pos)
-        return self.ffn(queries)
+__all__ = ["IAUNetTransformerDecoder"]
 
 
 _AUX_MASK_FEATURES = ("final", "level")
@@ -318,6 +86,9 @@ class IAUNetTransformerDecoder(nn.Module):
         mask_feature_pos: bool = False,
         dense_head: bool = False,
         center_prior: bool = False,
+        anchor_points: bool = False,
+        anchor_sigma: float = 1.0,
+        center_head: bool = False,
     ):
         """
         Args:
@@ -355,6 +126,17 @@ class IAUNetTransformerDecoder(nn.Module):
                 the centroid of the query's activation map and s >= 0 predicted from the
                 query: a mask can then be placed by its activation map, while a dot
                 product with the mask features must learn position from scratch.
+            anchor_points: give every query slot a learned anchor point (initialised on
+                a Halton sequence over the image) and add a Gaussian log-prior around it
+                to the slot's IA logits at every level: each activation map starts as a
+                local blob, so the N queries start from different image regions instead
+                of N near-equal global averages.
+            anchor_sigma: the prior's standard deviation in units of the mean anchor
+                spacing, 1 / sqrt(N) of the image side.
+            center_head: every query also predicts the centre of its cell
+                (``"pred_centers"``), as an offset from its anchor point (the image
+                centre without anchors), for the criterion's centre loss and matching
+                cost; the center prior, if on, is then placed on this centre.
         """
         super().__init__()
         if aux_mask_features not in _AUX_MASK_FEATURES:
@@ -401,6 +183,17 @@ class IAUNetTransformerDecoder(nn.Module):
 
         self.dense_head = nn.Conv2d(mask_dim, 2, kernel_size=1) if dense_head else None
 
+        if anchor_points:
+            if anchor_sigma <= 0:
+                raise ValueError(f"MODEL.IAUNET.ANCHOR_SIGMA must be > 0, got {anchor_sigma}")
+            # An embedding, so that the anchors get the embeddings' weight decay (none).
+            self.anchors = nn.Embedding(num_queries, 2)
+            with torch.no_grad():
+                self.anchors.weight.copy_(halton_points(num_queries))
+            self.anchor_sigma = anchor_sigma / math.sqrt(num_queries)
+        else:
+            self.anchors = None
+
         if center_prior:
             self.center_scale = nn.Linear(hidden_dim, 1)
             nn.init.zeros_(self.center_scale.weight)
@@ -408,6 +201,14 @@ class IAUNetTransformerDecoder(nn.Module):
             nn.init.constant_(self.center_scale.bias, -4.0)
         else:
             self.center_scale = None
+
+        if center_head:
+            # Zero init: every query starts at its reference point.
+            self.center_embed = nn.Linear(hidden_dim, 2)
+            nn.init.zeros_(self.center_embed.weight)
+            nn.init.zeros_(self.center_embed.bias)
+        else:
+            self.center_embed = None
 
         self.head_norm = nn.LayerNorm(hidden_dim)
         self.head_fc = nn.Linear(hidden_dim, hidden_dim)
@@ -445,6 +246,9 @@ class IAUNetTransformerDecoder(nn.Module):
             "mask_feature_pos": ia.MASK_FEATURE_POS,
             "dense_head": ia.DENSE_WEIGHT > 0,
             "center_prior": ia.CENTER_PRIOR,
+            "anchor_points": ia.ANCHOR_POINTS,
+            "anchor_sigma": ia.ANCHOR_SIGMA,
+            "center_head": ia.CENTER_WEIGHT > 0,
         }
 
     def _load_from_state_dict(
@@ -486,19 +290,32 @@ class IAUNetTransformerDecoder(nn.Module):
             activation_maps: (B, N, h_l, w_l) the queries' activation maps, for the
                 center prior (any level's resolution).
         Returns:
-            {"pred_logits": (B, N, C+1), "pred_masks": (B, N, h', w')}.
+            {"pred_logits": (B, N, C+1), "pred_masks": (B, N, h', w')}, and with the
+            center head "pred_centers": (B, N, 2) (x, y) in [0, 1] of the padded image.
         """
         h = F.relu(self.head_fc(self.head_norm(queries)))
-        logits = self.class_embed(h)
+        out = {"pred_logits": self.class_embed(h)}
         kernels = self.kernel_embed(h)
         masks = torch.einsum("bnd,bdhw->bnhw", kernels, mask_features)
-        if self.center_scale is not None and activation_maps is not None:
-            masks = masks - F.softplus(self.center_scale(h))[..., None] * _centroid_distance2(
-                activation_maps, masks.shape[-2:]
-            ) / 0.05 ** 2
+        if self.center_embed is not None:
+            reference = (
+                self.anchors.weight.clamp(1e-3, 1 - 1e-3) if self.anchors is not None
+                else queries.new_full((queries.shape[1], 2), 0.5)
+            )
+            out["pred_centers"] = torch.sigmoid(torch.logit(reference) + self.center_embed(h))
+        if self.center_scale is not None:
+            if "pred_centers" in out:
+                distance2 = point_distance2(out["pred_centers"], masks.shape[-2:])
+            elif activation_maps is not None:
+                distance2 = centroid_distance2(activation_maps, masks.shape[-2:])
+            else:
+                distance2 = None
+            if distance2 is not None:
+                masks = masks - F.softplus(self.center_scale(h))[..., None] * distance2 / 0.05 ** 2
         if out_size is not None and tuple(masks.shape[-2:]) != tuple(out_size):
             masks = F.interpolate(masks, size=out_size, mode="bilinear", align_corners=False)
-        return {"pred_logits": logits, "pred_masks": masks}
+        out["pred_masks"] = masks
+        return out
 
     def forward(self, features: Dict[str, torch.Tensor], pixel_decoder) -> Dict:
         """
@@ -530,7 +347,11 @@ class IAUNetTransformerDecoder(nn.Module):
         for level, skip in enumerate(skips):
             feats = pixel_decoder.forward_level(level, skip, prev)
             b, c, h, w = feats.inst.shape
-            new_queries, maps = self.ia_layers[level](feats.inst)
+            bias = (
+                anchor_location_bias(self.anchors.weight, (h, w), self.anchor_sigma)
+                if self.anchors is not None else None
+            )
+            new_queries, maps = self.ia_layers[level](feats.inst, bias)
             activation_maps.append(maps)
             if self.query_content is not None:
                 new_queries = new_queries + self.query_content.weight.unsqueeze(0)
@@ -573,9 +394,13 @@ class IAUNetTransformerDecoder(nn.Module):
         out["activation_maps"] = activation_maps
         if dense is not None:
             out["pred_dense"] = dense
-        out["aux_outputs"] = [
-            self.predict(q, mask_features, activation_maps=a) if self.aux_mask_features == "final"
-            else self.predict(q, pixel_decoder.mask_features(m), final_size, activation_maps=a)
-            for q, m, a in intermediate
-        ]
+        out["aux_outputs"] = []
+        for q, m, a in intermediate:
+            aux = (
+                self.predict(q, mask_features, activation_maps=a)
+                if self.aux_mask_features == "final"
+                else self.predict(q, pixel_decoder.mask_features(m), final_size, activation_maps=a)
+            )
+            aux["activation_maps"] = [a]  # the maps of the level that made these queries
+            out["aux_outputs"].append(aux)
         return out

@@ -1,0 +1,118 @@
+"""Instance activation: N activation maps and N queries from a level's instance
+features, with the optional per-slot anchor prior and the maps' centroids.
+
+The Instance Activation (IA) layer turns instance features into N maps (softmax over
+all pixels) and N queries (soft pooling of the features with each map).
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+from torch import nn
+
+__all__ = [
+    "InstanceActivation",
+    "anchor_location_bias",
+    "centroid_distance2",
+    "halton_points",
+    "point_distance2",
+]
+
+
+class InstanceActivation(nn.Module):
+    """Activation maps and guided queries from instance features.
+
+    A 3x3 conv gives N logit maps; a softmax over all H*W positions of each map gives
+    the activation maps A, and the queries are A @ X_i (every map soft-pools the whole
+    feature map; no top-k selection).
+    """
+
+    def __init__(self, in_channels: int, num_queries: int, prior_prob: float = 0.01):
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, num_queries, kernel_size=3, padding=1)
+        nn.init.normal_(self.conv.weight, std=0.01)
+        # Focal-style prior bias. Note: a per-map constant cancels in the softmax over
+        # H*W, so this bias does not change A and its gradient is (numerically) zero.
+        nn.init.constant_(self.conv.bias, -math.log((1 - prior_prob) / prior_prob))
+
+    def forward(
+        self, x: torch.Tensor, location_bias: Optional[torch.Tensor] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor]:
+        """
+        Args:
+            x: instance features (B, C, H, W).
+            location_bias: optional (N, H, W) logits added to every image's maps before
+                the softmax (see ``anchor_location_bias``).
+        Returns:
+            queries (B, N, C) and activation maps (B, N, H, W), each map summing to 1.
+        """
+        b, c, h, w = x.shape
+        logits = self.conv(x)
+        if location_bias is not None:
+            logits = logits + location_bias.to(logits.dtype)
+        maps = logits.flatten(2).softmax(dim=-1)  # (B, N, HW)
+        queries = torch.bmm(maps, x.flatten(2).transpose(1, 2))  # (B, N, C)
+        return queries, maps.view(b, -1, h, w)
+
+
+def halton_points(n: int) -> torch.Tensor:
+    """The first ``n`` points of the 2-D Halton sequence (bases 2 and 3), skipping the
+    origin: (n, 2) (x, y) in (0, 1), spread evenly over the square for any n."""
+    def radical_inverse(i: int, base: int) -> float:
+        value, scale = 0.0, 1.0 / base
+        while i:
+            value += (i % base) * scale
+            i //= base
+            scale /= base
+        return value
+
+    return torch.tensor(
+        [[radical_inverse(i, 2), radical_inverse(i, 3)] for i in range(1, n + 1)],
+        dtype=torch.float32,
+    )
+
+
+def anchor_location_bias(anchors: torch.Tensor, size: Tuple[int, int], sigma: float) -> torch.Tensor:
+    """Gaussian log-prior of each anchor on a ``size`` grid.
+
+    ``-|p - a|^2 / (2 sigma^2)`` with pixel centres p and anchors a in [0, 1]^2
+    coordinates of the map (x, y order). anchors: (N, 2) -> (N, size[0], size[1]).
+    """
+    h, w = size
+    ys = (torch.arange(h, device=anchors.device, dtype=anchors.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=anchors.device, dtype=anchors.dtype) + 0.5) / w
+    d2 = (xs[None, None, :] - anchors[:, 0, None, None]) ** 2 + (
+        ys[None, :, None] - anchors[:, 1, None, None]
+    ) ** 2
+    return -d2 / (2 * sigma ** 2)
+
+
+def centroid_distance2(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Squared distance of every pixel of a ``size`` grid from each map's centroid.
+
+    Coordinates are pixel centres normalised to [-1, 1] on both grids, so maps of any
+    level's resolution place their centroid on the mask grid consistently.
+    maps: (B, N, h, w), each summing to 1 -> (B, N, size[0], size[1]).
+    """
+    def centres(n, ref):
+        return (torch.arange(n, device=ref.device, dtype=ref.dtype) + 0.5) / n * 2 - 1
+
+    h, w = maps.shape[-2:]
+    cy = (maps.sum(-1) * centres(h, maps)).sum(-1)  # (B, N)
+    cx = (maps.sum(-2) * centres(w, maps)).sum(-1)
+    ys, xs = centres(size[0], maps), centres(size[1], maps)
+    return (ys[:, None] - cy[..., None, None]) ** 2 + (xs[None, :] - cx[..., None, None]) ** 2
+
+
+def point_distance2(points: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Squared distance of every pixel of a ``size`` grid from each point, in the
+    [-1, 1] frame of ``centroid_distance2``.
+
+    points: (B, N, 2) (x, y) in [0, 1] of the image -> (B, N, size[0], size[1]).
+    """
+    def centres(n):
+        return (torch.arange(n, device=points.device, dtype=points.dtype) + 0.5) / n * 2 - 1
+
+    p = points * 2 - 1
+    ys, xs = centres(size[0]), centres(size[1])
+    return (ys[:, None] - p[..., 1, None, None]) ** 2 + (xs[None, :] - p[..., 0, None, None]) ** 2
