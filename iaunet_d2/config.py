@@ -1,7 +1,17 @@
 """Every config key that iaunet_d2 adds to Detectron2's defaults, declared once."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["add_iaunet_config", "apply_pretrained_policy"]
+__all__ = ["RETIRED_KEYS", "add_iaunet_config", "apply_pretrained_policy"]
+
+# Keys of earlier versions that saved configs (OUTPUT_DIR/config.yaml) may still name;
+# iaunet_d2.engine.build_config drops them with a warning. Key -> (the key whose value
+# it must equal, or None: any value is dropped; why it is gone).
+RETIRED_KEYS = {
+    "MODEL.IAUNET.HIDDEN_DIM": ("MODEL.IAUNET.CONV_DIM",
+                                "MODEL.IAUNET.CONV_DIM sets the width of both decoders"),
+    "MODEL.IAUNET.IA_PRIOR_PROB": (None, "it set a constant bias of the instance-activation "
+                                         "logits, which their softmax cancels"),
+}
 
 
 def add_iaunet_config(cfg):
@@ -70,7 +80,8 @@ def add_iaunet_config(cfg):
     cfg.MODEL.IAUNET.TRANSFORMER_DECODER_NAME = "IAUNetTransformerDecoder"
     cfg.MODEL.IAUNET.CRITERION_NAME = "IAUNetSetCriterion"
     cfg.MODEL.IAUNET.SIZE_DIVISIBILITY = 32
-    # Pixel decoder
+    # Pixel decoder. CONV_DIM is also the width of the transformer decoder (its queries
+    # are pooled from, and attend to, the pixel decoder's features).
     cfg.MODEL.IAUNET.CONV_DIM = 256
     cfg.MODEL.IAUNET.MASK_DIM = 256
     cfg.MODEL.IAUNET.NORM = "BN"
@@ -78,12 +89,10 @@ def add_iaunet_config(cfg):
     cfg.MODEL.IAUNET.BRIDGE = False  # extra up-block + SE on the top backbone level
     # Instance activation layer and transformer decoder
     cfg.MODEL.IAUNET.NUM_QUERIES = 100
-    cfg.MODEL.IAUNET.HIDDEN_DIM = 256
     cfg.MODEL.IAUNET.NHEADS = 8
     cfg.MODEL.IAUNET.DIM_FEEDFORWARD = 2048
     cfg.MODEL.IAUNET.DROPOUT = 0.0
     cfg.MODEL.IAUNET.PRE_NORM = False
-    cfg.MODEL.IAUNET.IA_PRIOR_PROB = 0.01
     cfg.MODEL.IAUNET.DEEP_SUPERVISION = True
     # Mask features of the auxiliary (deep-supervision) predictions: "final" (the shared
     # 1/4-resolution mask features) or "level" (each level's own, upsampled).

@@ -7,8 +7,11 @@ from detectron2.config import get_cfg
 from detectron2.structures import BitMasks, Instances
 
 from iaunet_d2 import add_iaunet_config
+from iaunet_d2.modeling.transformer_decoder import build_transformer_decoder
 
-__all__ = ["small_iaunet_cfg", "synthetic_instances", "synthetic_batch"]
+__all__ = [
+    "small_iaunet_cfg", "small_transformer_decoder", "synthetic_instances", "synthetic_batch",
+]
 
 
 def small_resnet18_cfg(meta_architecture):
@@ -36,7 +39,6 @@ def small_iaunet_cfg(**iaunet_overrides):
     ia = cfg.MODEL.IAUNET
     ia.NUM_CLASSES = 1
     ia.CONV_DIM = 32
-    ia.HIDDEN_DIM = 32
     ia.MASK_DIM = 16
     ia.NUM_QUERIES = 6
     ia.NHEADS = 4
@@ -46,6 +48,12 @@ def small_iaunet_cfg(**iaunet_overrides):
         setattr(ia, key, value)
     cfg.TEST.DETECTIONS_PER_IMAGE = 6
     return cfg
+
+
+def small_transformer_decoder(cfg):
+    """The transformer decoder of ``cfg`` alone, at the widths its pixel decoder has."""
+    ia = cfg.MODEL.IAUNET
+    return build_transformer_decoder(cfg, in_channels=ia.CONV_DIM, mask_dim=ia.MASK_DIM)
 
 
 def synthetic_instances(

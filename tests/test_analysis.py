@@ -53,6 +53,8 @@ def test_count_parameters_exact():
     head = 8 * 4 + 4
     assert dict(counts) == {"total": conv + head, "conv": conv, "head": head}
     assert list(counts)[0] == "total"
+    counts = count_parameters(TinyModel(), submodules=("no.such",))
+    assert list(counts) == ["total", "conv", "head", "no.such"] and counts["no.such"] == 0
 
 
 def test_count_parameters_own_and_shared():
@@ -131,8 +133,15 @@ def test_cli_markdown_table(capsys):
     row = [c.strip() for c in lines[2].strip("|").split("|")]
     assert row[1] == "IAUNet R18"
     assert float(row[2]) > 0 and float(row[3]) > 0
-    modules = {line.split("|")[2].strip() for line in lines if "iaunet_R18_small" in line}
-    assert {"backbone", "pixel_decoder", "transformer_decoder"} <= modules
+    modules = {line.split("|")[2].strip(): [c.strip() for c in line.strip("|").split("|")[2:]]
+               for line in lines if "iaunet_R18_small" in line}
+    assert {"backbone", "head", "head.pixel_decoder", "head.transformer_decoder"} <= set(modules)
+    # The head's rows are followed by its two decoders, which add up to it.
+    names = list(modules)
+    assert names[names.index("head") + 1:names.index("head") + 3] == [
+        "head.pixel_decoder", "head.transformer_decoder"]
+    parts = [float(modules[n][0]) for n in ("head.pixel_decoder", "head.transformer_decoder")]
+    assert sum(parts) == pytest.approx(float(modules["head"][0]), abs=0.011)
     assert "not counted" in out
 
 

@@ -107,6 +107,6 @@ def test_demo_small_config():
     assert cfg.MODEL.DEVICE == "cpu"
     assert cfg.MODEL.RESNETS.DEPTH == 18
     assert cfg.MODEL.RESNETS.RES2_OUT_CHANNELS == 64 and cfg.MODEL.RESNETS.RES5_DILATION == 1
-    assert cfg.MODEL.IAUNET.HIDDEN_DIM % cfg.MODEL.IAUNET.NHEADS == 0
+    assert cfg.MODEL.IAUNET.CONV_DIM % cfg.MODEL.IAUNET.NHEADS == 0
     assert tuple(cfg.DATASETS.TRAIN) == ("cells_demo_train",)
     assert tuple(cfg.DATASETS.TEST) == ("cells_demo_val",)

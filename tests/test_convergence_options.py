@@ -6,12 +6,11 @@ import torch
 import torch.nn.functional as F
 from detectron2.modeling import build_model
 
-from iaunet_test_utils import small_iaunet_cfg, synthetic_batch
+from iaunet_test_utils import small_iaunet_cfg, small_transformer_decoder, synthetic_batch
 
 from iaunet_d2.engine import build_config
 from iaunet_d2.modeling.criterion import IAUNetSetCriterion
 from iaunet_d2.modeling.losses import dice_loss, sigmoid_bce_loss
-from iaunet_d2.modeling.transformer_decoder import build_transformer_decoder
 from iaunet_d2.solver import build_optimizer
 
 from train_utils import DEMO_MASK_RCNN
@@ -23,7 +22,7 @@ def _decoder_outputs(cfg, train=True, size=(64, 64)):
     batch = synthetic_batch([size, size], [2, 1])
     with torch.set_grad_enabled(train):
         images = model.preprocess_image(batch)
-        out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
+        out = model.head(model.backbone(images.tensor))
     return model, out
 
 
@@ -33,14 +32,14 @@ def test_deep_supervision_predicts_after_every_decoder_layer(layers_per_level):
     model, out = _decoder_outputs(cfg)
     # 4 dual-path layers + 4 * k query layers; the last one is the main output.
     assert len(out["aux_outputs"]) == 4 + 4 * layers_per_level - 1
-    assert len(model.transformer_decoder.query_layers) == 4 * layers_per_level
+    assert len(model.head.transformer_decoder.query_layers) == 4 * layers_per_level
     for aux in out["aux_outputs"]:
         assert aux["pred_masks"].shape == out["pred_masks"].shape
     # Evaluation needs no auxiliary predictions.
     model.eval()
     with torch.no_grad():
         images = model.preprocess_image(synthetic_batch([(64, 64)], [1]))
-        out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
+        out = model.head(model.backbone(images.tensor))
     assert out["aux_outputs"] == []
 
 
@@ -65,39 +64,38 @@ def test_final_aux_masks_use_the_shared_mask_features():
 
 def test_bad_aux_mask_features_and_negative_layer_count_are_refused():
     with pytest.raises(ValueError, match="AUX_MASK_FEATURES"):
-        build_transformer_decoder(small_iaunet_cfg(AUX_MASK_FEATURES="coarse"))
+        small_transformer_decoder(small_iaunet_cfg(AUX_MASK_FEATURES="coarse"))
     with pytest.raises(ValueError, match="QUERY_LAYERS_PER_LEVEL"):
-        build_transformer_decoder(small_iaunet_cfg(QUERY_LAYERS_PER_LEVEL=-1))
+        small_transformer_decoder(small_iaunet_cfg(QUERY_LAYERS_PER_LEVEL=-1))
     with pytest.raises(ValueError, match="MASK_FEATURE_POS"):
-        build_transformer_decoder(small_iaunet_cfg(MASK_DIM=18, MASK_FEATURE_POS=True))
+        small_transformer_decoder(small_iaunet_cfg(MASK_DIM=18, MASK_FEATURE_POS=True))
 
 
 def test_content_embedding_is_added_to_every_level_ia_queries():
     torch.manual_seed(0)
     with_content = build_model(small_iaunet_cfg(QUERY_CONTENT_EMBED=True)).eval()
     without = build_model(small_iaunet_cfg(QUERY_CONTENT_EMBED=False)).eval()
-    assert with_content.transformer_decoder.query_content.weight.shape == (6, 32)
-    assert without.transformer_decoder.query_content is None
+    assert with_content.head.transformer_decoder.query_content.weight.shape == (6, 32)
+    assert without.head.transformer_decoder.query_content is None
     missing, unexpected = without.load_state_dict(with_content.state_dict(), strict=False)
-    assert not missing and unexpected == ["transformer_decoder.query_content.weight"]
+    assert not missing and unexpected == ["head.transformer_decoder.query_content.weight"]
     batch = synthetic_batch([(64, 64)], [2])
 
     def masks(model):
         with torch.no_grad():
             images = model.preprocess_image(batch)
-            return model.transformer_decoder(model.backbone(images.tensor),
-                                             model.pixel_decoder)["pred_masks"]
+            return model.head(model.backbone(images.tensor))["pred_masks"]
 
     assert not torch.allclose(masks(with_content), masks(without), atol=1e-4)
     # A zero embedding is exactly the paper's IA queries.
     with torch.no_grad():
-        with_content.transformer_decoder.query_content.weight.zero_()
+        with_content.head.transformer_decoder.query_content.weight.zero_()
     assert torch.allclose(masks(with_content), masks(without), atol=1e-5)
 
 
 def test_head_init_std_starts_masks_undecided():
     cfg = small_iaunet_cfg(HEAD_INIT_STD=0.01)
-    decoder = build_transformer_decoder(cfg)
+    decoder = small_transformer_decoder(cfg)
     for layer in (decoder.class_embed, decoder.kernel_embed):
         assert layer.weight.std().item() == pytest.approx(0.01, rel=0.2)
         assert torch.count_nonzero(layer.bias) == 0
@@ -113,14 +111,14 @@ def test_mask_feature_pos_adds_the_unnormalised_sine_embedding():
     cfg = small_iaunet_cfg(MASK_DIM=32, MASK_FEATURE_POS=True)
     torch.manual_seed(0)
     model, out = _decoder_outputs(cfg, train=False)
-    decoder = model.transformer_decoder
+    decoder = model.head.transformer_decoder
     assert decoder.mask_pe is not None and not decoder.mask_pe.normalize
     # Same weights without the option: the kernels' dot product differs by exactly
     # kernels . pos.
     decoder.mask_pe = None
     with torch.no_grad():
         images = model.preprocess_image(synthetic_batch([(64, 64), (64, 64)], [2, 1]))
-        plain = decoder(model.backbone(images.tensor), model.pixel_decoder)
+        plain = decoder(model.backbone(images.tensor), model.head.pixel_decoder)
     assert not torch.allclose(plain["pred_masks"], out["pred_masks"])
     assert torch.equal(plain["pred_logits"], out["pred_logits"])
 
@@ -185,7 +183,7 @@ def test_activation_map_loss_trains_with_the_model():
     losses = model(synthetic_batch([(64, 64), (64, 64)], [3, 2]))
     assert losses["loss_activation"].item() > 0
     sum(losses.values()).backward()
-    ia_conv = model.transformer_decoder.ia_layers[0].conv.weight
+    ia_conv = model.head.transformer_decoder.ia_layers[0].conv.weight
     assert ia_conv.grad.abs().sum() > 0
 
 
@@ -240,11 +238,11 @@ def test_dense_loss_trains_with_the_model_and_is_absent_at_inference():
     losses = model(synthetic_batch([(64, 64), (64, 64)], [3, 0]))
     assert 0.3 < losses["loss_dense"].item() < 2.0
     sum(losses.values()).backward()
-    assert model.transformer_decoder.dense_head.weight.grad.abs().sum() > 0
+    assert model.head.transformer_decoder.dense_head.weight.grad.abs().sum() > 0
     model.eval()
     with torch.no_grad():
         images = model.preprocess_image(synthetic_batch([(64, 64)], [1]))
-        out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
+        out = model.head(model.backbone(images.tensor))
     assert "pred_dense" not in out
 
 
@@ -255,25 +253,25 @@ def test_a_checkpoint_of_the_paper_decoder_loads_and_predicts_as_trained(tmp_pat
     paper_cfg = small_iaunet_cfg(QUERY_CONTENT_EMBED=False, MASK_FEATURE_POS=False, MASK_DIM=32)
     old = build_model(paper_cfg).eval()
     state = old.state_dict()
-    state._metadata["transformer_decoder"]["version"] = 1  # as saved before version 2
+    state._metadata["head.transformer_decoder"]["version"] = 1  # as saved before version 2
     path = tmp_path / "old.pth"
     torch.save({"model": state}, path)
 
     new = build_model(small_iaunet_cfg(MASK_DIM=32)).eval()
-    assert new.transformer_decoder.mask_pe is not None
+    assert new.head.transformer_decoder.mask_pe is not None
     from iaunet_d2.engine import AtomicCheckpointer
 
     incompatible = AtomicCheckpointer(new)._load_model(torch.load(path, weights_only=False))
     assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    assert new.transformer_decoder.mask_pe is None
-    assert torch.count_nonzero(new.transformer_decoder.query_content.weight) == 0
+    assert new.head.transformer_decoder.mask_pe is None
+    assert torch.count_nonzero(new.head.transformer_decoder.query_content.weight) == 0
     batch = synthetic_batch([(64, 64)], [2])
     with torch.no_grad():
-        outs = [m.transformer_decoder(m.backbone(m.preprocess_image(batch).tensor), m.pixel_decoder)
+        outs = [m.head(m.backbone(m.preprocess_image(batch).tensor))
                 for m in (old, new)]
     assert torch.allclose(outs[0]["pred_masks"], outs[1]["pred_masks"], atol=1e-5)
     # Today's checkpoints carry version 2 and load unchanged.
-    assert new.state_dict()._metadata["transformer_decoder"]["version"] == 2
+    assert new.state_dict()._metadata["head.transformer_decoder"]["version"] == 2
 
 
 def test_centroid_distance_is_measured_from_each_map_centre_of_mass():
@@ -294,19 +292,19 @@ def test_center_prior_lowers_logits_away_from_the_activation_centroid():
     torch.manual_seed(0)
     cfg = small_iaunet_cfg(CENTER_PRIOR=True, DEEP_SUPERVISION=True)
     model, out = _decoder_outputs(cfg)
-    decoder = model.transformer_decoder
+    decoder = model.head.transformer_decoder
     assert decoder.center_scale is not None
     losses_model = build_model(cfg).train()
     losses = losses_model(synthetic_batch([(64, 64), (64, 64)], [3, 2]))
     sum(losses.values()).backward()
-    assert losses_model.transformer_decoder.center_scale.bias.grad.abs() > 0
+    assert losses_model.head.transformer_decoder.center_scale.bias.grad.abs() > 0
     # A strong prior: masks fall off with the distance from the centroid.
     with torch.no_grad():
         decoder.center_scale.bias.fill_(5.0)
     model.eval()
     with torch.no_grad():
         images = model.preprocess_image(synthetic_batch([(64, 64)], [1]))
-        strong = decoder(model.backbone(images.tensor), model.pixel_decoder)
+        strong = decoder(model.backbone(images.tensor), model.head.pixel_decoder)
     maps = strong["activation_maps"][-1][0]  # (N, 16, 16)
     masks = strong["pred_masks"][0]
     for q in range(masks.shape[0]):
@@ -363,7 +361,7 @@ def test_anchor_points_start_each_query_from_its_own_region():
 
     plain, anchored = first_level_maps(False), first_level_maps(True)
     assert plain.amax((1, 2)).max() < 2.0 / plain[0].numel()  # near-uniform
-    decoder = build_transformer_decoder(small_iaunet_cfg(ANCHOR_POINTS=True))
+    decoder = small_transformer_decoder(small_iaunet_cfg(ANCHOR_POINTS=True))
     anchors = decoder.anchors.weight.detach() * 2 - 1  # to the [-1, 1] centroid frame
     d2 = centroid_distance2(anchored[None], (1, 1))[0, :, 0, 0]  # from the image centre
     # Each map's centroid is its anchor: distance from the centre = the anchor's.
@@ -422,7 +420,7 @@ def test_center_head_starts_at_the_anchors_and_learns_the_centroids():
     torch.manual_seed(0)
     cfg = small_iaunet_cfg(ANCHOR_POINTS=True, CENTER_WEIGHT=5.0, DEEP_SUPERVISION=True)
     model, out = _decoder_outputs(cfg)
-    anchors = model.transformer_decoder.anchors.weight
+    anchors = model.head.transformer_decoder.anchors.weight
     assert torch.allclose(out["pred_centers"][0], anchors, atol=1e-5)
     assert all("pred_centers" in aux for aux in out["aux_outputs"])
 

@@ -6,7 +6,7 @@ import torch
 from detectron2.modeling import build_model
 
 import iaunet_d2.modeling.postprocessing as postprocessing
-import iaunet_d2.modeling.transformer_decoder.iaunet_transformer_decoder as decoder_module
+import iaunet_d2.modeling.transformer_decoder.layers as decoder_layers
 from iaunet_d2.modeling.transformer_decoder import DualPathDecoderLayer
 from iaunet_d2.modeling.postprocessing import mask_iou_matrix, predictions_to_instances
 from iaunet_test_utils import small_iaunet_cfg
@@ -15,7 +15,7 @@ PLAIN = {"pixel_chunk": 10 ** 9, "mask_chunk_pixels": 10 ** 12}
 
 
 def _set_chunks(monkeypatch, pixel_chunk, mask_chunk_pixels):
-    monkeypatch.setattr(decoder_module, "PIXEL_CHUNK", pixel_chunk)
+    monkeypatch.setattr(decoder_layers, "PIXEL_CHUNK", pixel_chunk)
     monkeypatch.setattr(postprocessing, "MASK_CHUNK_PIXELS", mask_chunk_pixels)
 
 
@@ -35,7 +35,7 @@ def _model(**overrides):
     model = build_model(cfg).eval()
     # Larger mask logits than a random init gives, so that masks are not all empty.
     with torch.no_grad():
-        model.transformer_decoder.kernel_embed.weight.mul_(20.0)
+        model.head.transformer_decoder.kernel_embed.weight.mul_(20.0)
     return model
 
 
@@ -111,9 +111,9 @@ def test_blocked_pixel_path_matches_unblocked(monkeypatch):
     queries, query_pos = torch.randn(2, 6, 32), torch.randn(2, 6, 32)
     inst, mask, pos = torch.randn(2, 200, 32), torch.randn(2, 200, 32), torch.randn(2, 200, 32)
     with torch.no_grad():
-        monkeypatch.setattr(decoder_module, "PIXEL_CHUNK", 10 ** 9)
+        monkeypatch.setattr(decoder_layers, "PIXEL_CHUNK", 10 ** 9)
         ref = layer(queries, query_pos, inst, mask, pos)
-        monkeypatch.setattr(decoder_module, "PIXEL_CHUNK", 64)  # 64 + 64 + 64 + 8
+        monkeypatch.setattr(decoder_layers, "PIXEL_CHUNK", 64)  # 64 + 64 + 64 + 8
         blocked = layer(queries, query_pos, inst, mask, pos)
     for a, b in zip(ref, blocked):
         assert torch.allclose(a, b, atol=1e-5)
@@ -157,7 +157,7 @@ def test_attention_layer_equals_multihead_attention(pre_norm):
     """AttentionLayer computes nn.MultiheadAttention's result from its weights (the
     heads as strided views), in training (with gradients) and in inference."""
     torch.manual_seed(0)
-    layer = decoder_module.AttentionLayer(32, 4, pre_norm=pre_norm)
+    layer = decoder_layers.AttentionLayer(32, 4, pre_norm=pre_norm)
     x, pos = torch.randn(2, 50, 32, requires_grad=True), torch.randn(2, 50, 32)
     memory, memory_pos = torch.randn(2, 7, 32), torch.randn(2, 7, 32)
 
@@ -188,14 +188,14 @@ def test_refined_features_keep_standard_channels_last_strides():
     model = _model()
     model.fast_inference = True
     seen = []
-    forward_level = model.pixel_decoder.forward_level
+    forward_level = model.head.pixel_decoder.forward_level
 
     def recording(level, skip, prev=None):
         if prev is not None:
             seen.append(prev)
         return forward_level(level, skip, prev)
 
-    model.pixel_decoder.forward_level = recording
+    model.head.pixel_decoder.forward_level = recording
     with torch.no_grad():
         model(_inputs((64, 64), (64, 64)))
     assert seen, "the decoder never refined a level"

@@ -1,4 +1,4 @@
-"""IAUNet model core: pixel decoder, transformer decoder and meta-architecture."""
+"""IAUNet model core: pixel decoder, transformer decoder, head and meta-architecture."""
 import math
 
 import pytest
@@ -6,9 +6,9 @@ import torch
 from detectron2.modeling import build_backbone, build_model
 from detectron2.structures import Instances
 
-from iaunet_test_utils import small_iaunet_cfg, synthetic_batch
+from iaunet_test_utils import small_iaunet_cfg, small_transformer_decoder, synthetic_batch
 
-from iaunet_d2.modeling import IAUNet
+from iaunet_d2.modeling import IAUNet, IAUNetHead
 from iaunet_d2.modeling.pixel_decoder import (
     IAUNetPixelDecoder,
     SqueezeExcitation,
@@ -20,7 +20,6 @@ from iaunet_d2.modeling.transformer_decoder import (
     IAUNetTransformerDecoder,
     InstanceActivation,
     PositionEmbeddingSine,
-    build_transformer_decoder,
 )
 
 STRIDES = [32, 16, 8, 4]
@@ -46,16 +45,25 @@ def test_components_build_from_config():
     assert isinstance(pixel_decoder, IAUNetPixelDecoder)
     assert pixel_decoder.in_features == ["res5", "res4", "res3", "res2"]
     assert pixel_decoder.in_strides == STRIDES
-    decoder = build_transformer_decoder(cfg)
+    decoder = small_transformer_decoder(cfg)
     assert isinstance(decoder, IAUNetTransformerDecoder)
     assert len(decoder.layers) == len(decoder.ia_layers) == 4
     model = build_model(cfg)
     assert isinstance(model, IAUNet)
 
 
-def test_hidden_dim_must_match_conv_dim():
-    with pytest.raises(ValueError, match="HIDDEN_DIM"):
-        build_transformer_decoder(small_iaunet_cfg(HIDDEN_DIM=64))
+def test_head_builds_the_transformer_decoder_at_the_pixel_decoder_widths():
+    cfg = small_iaunet_cfg(CONV_DIM=64, MASK_DIM=24)
+    head = IAUNetHead(cfg, build_backbone(cfg).output_shape())
+    assert (head.pixel_decoder.conv_dim, head.pixel_decoder.mask_dim) == (64, 24)
+    decoder = head.transformer_decoder
+    assert decoder.hidden_dim == 64 and decoder.mask_dim == 24
+    assert decoder.ia_layers[0].conv.in_channels == 64
+    assert decoder.kernel_embed.out_features == 24
+    model = build_model(cfg)
+    assert isinstance(model.head, IAUNetHead)
+    children = [name for name, _ in model.head.named_children()]
+    assert children == ["pixel_decoder", "transformer_decoder"]
 
 
 def test_coordinate_channels():
@@ -133,7 +141,7 @@ def test_decoder_output_shapes(size, train, deep_supervision):
     with torch.set_grad_enabled(train):
         images = model.preprocess_image(batch)
         assert tuple(images.tensor.shape) == (2, 3, hp, wp)
-        out = model.transformer_decoder(model.backbone(images.tensor), model.pixel_decoder)
+        out = model.head(model.backbone(images.tensor))
     assert out["pred_logits"].shape == (2, 6, 2)
     assert out["pred_masks"].shape == (2, 6, hp // 4, wp // 4)
     assert len(out["activation_maps"]) == 4
@@ -156,7 +164,7 @@ def _assert_every_parameter_has_gradient(model):
         if not p.requires_grad:
             continue
         assert p.grad is not None, f"{name} got no gradient"
-        if name.startswith("transformer_decoder.ia_layers.") and name.endswith("conv.bias"):
+        if name.startswith("head.transformer_decoder.ia_layers.") and name.endswith("conv.bias"):
             # A per-map constant cancels in the softmax over pixels: its gradient is
             # zero up to rounding (it is still in the graph, which is what DDP needs).
             assert p.grad.abs().max() < 1e-4, name
@@ -187,11 +195,11 @@ def test_variants_train_and_infer(overrides):
     cfg = small_iaunet_cfg(**overrides)
     model = _build(cfg, train=True)
     if overrides.get("BRIDGE"):
-        assert model.pixel_decoder.bridge is not None
+        assert model.head.pixel_decoder.bridge is not None
     if overrides.get("BRANCH_FUSION") == "concat":
         # Levels after the first take [main ; previous branch] = 2 * CONV_DIM channels.
-        assert model.pixel_decoder.mask_branches[1][0].in_channels == 64
-        assert model.pixel_decoder.inst_branches[1][0].in_channels == 66
+        assert model.head.pixel_decoder.mask_branches[1][0].in_channels == 64
+        assert model.head.pixel_decoder.inst_branches[1][0].in_channels == 66
     losses = model(synthetic_batch([(64, 64), (72, 100)], [2, 3]))
     total = sum(losses.values())
     assert torch.isfinite(total)

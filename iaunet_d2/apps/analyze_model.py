@@ -62,6 +62,17 @@ PAPER_TARGETS = {
 }
 
 
+# Top-level modules whose children also get a row of --per-module (IAUNet's head: its
+# pixel decoder and transformer decoder).
+SPLIT_MODULES = ("head",)
+
+
+def module_parts(model):
+    """Dotted names of the children of the model's ``SPLIT_MODULES``."""
+    return tuple(f"{top}.{name}" for top, module in model.named_children() if top in SPLIT_MODULES
+                 for name, _ in module.named_children())
+
+
 def get_parser():
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -71,7 +82,8 @@ def get_parser():
     parser.add_argument("--input-size", nargs=2, type=int, default=[512, 512],
                         metavar=("H", "W"), help="input image height and width (default 512 512)")
     parser.add_argument("--per-module", action="store_true",
-                        help="also print parameters and FLOPs per top-level module")
+                        help="also print parameters and FLOPs per top-level module "
+                             "(and per part of IAUNet's head)")
     parser.add_argument("--format", choices=["md", "csv"], default="md",
                         help="table format (default: Markdown)")
     parser.add_argument("--count-attention", action="store_true",
@@ -99,9 +111,11 @@ def analyze(path, opts, height, width, count_attention=False):
 
     start = time.perf_counter()
     model = build_model(cfg).eval()
-    params = count_parameters(model)
+    parts = module_parts(model)
+    params = count_parameters(model, submodules=parts)
     flops, paper_flops, per_module_flops, unsupported = count_flops_with_paper_convention(
-        model, cfg.MODEL.META_ARCHITECTURE, height, width, count_attention=count_attention
+        model, cfg.MODEL.META_ARCHITECTURE, height, width, count_attention=count_attention,
+        submodules=parts,
     )
     for name in PAPER_UNCOUNTED_MODULES:  # list only the parts this model has
         if not per_module_flops[name]:
@@ -170,8 +184,13 @@ def main(argv=None):
     if args.per_module:
         module_rows = []
         for r in results:
-            names = [n for n in r["params"] if n != "total"]
-            names += [n for n in r["per_module_flops"] if n not in names]
+            listed = [n for n in r["params"] if n != "total"]
+            listed += [n for n in r["per_module_flops"] if n not in listed]
+            # A module's parts right after it.
+            names = []
+            for n in listed:
+                if "." not in n or n.split(".")[0] not in listed:
+                    names += [n] + [m for m in listed if m.startswith(n + ".")]
             for n in names:
                 p = r["params"].get(n)
                 f = r["per_module_flops"].get(n)

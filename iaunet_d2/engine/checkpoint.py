@@ -98,6 +98,11 @@ class AtomicCheckpointer(DetectionCheckpointer):
         return checkpoint
 
     def _load_model(self, checkpoint):
+        # A model that changed its layout renames an older checkpoint's keys first, so
+        # that the comparison of shapes and keys with the model's sees today's names.
+        upgrade = getattr(self.model, "upgrade_checkpoint", None)
+        if callable(upgrade):
+            upgrade(checkpoint["model"])
         # Kept so that load_weights can tell how well the file fits the model.
         self.last_incompatible = super()._load_model(checkpoint)
         return self.last_incompatible

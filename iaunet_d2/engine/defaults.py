@@ -12,7 +12,7 @@ from detectron2.projects.point_rend import add_pointrend_config
 from detectron2.utils import comm
 from detectron2.utils.logger import setup_logger
 
-from ..config import add_iaunet_config, apply_pretrained_policy
+from ..config import RETIRED_KEYS, add_iaunet_config, apply_pretrained_policy
 from ..data.datasets import prepare_datasets, register_folder_datasets
 from ..io.images import check_normalization
 from ..data.pixel_stats import cached_intensity_range, cached_pixel_stats
@@ -46,19 +46,33 @@ def build_config(config_file, opts=(), prepare_data=True):
     pixel statistics are then resolved (:func:`resolve_intensity_norm`,
     :func:`resolve_pixel_stats`), so the returned config (and the ``config.yaml`` a run
     saves) holds the values the model is trained and used with.
+
+    Retired keys (``iaunet_d2.config.RETIRED_KEYS``), in the file or the overrides, are
+    dropped with a warning; one whose value contradicts the key that replaced it is a
+    ``ConfigError``.
     """
     cfg = get_cfg()
     add_pointrend_config(cfg)
     add_iaunet_config(cfg)
     if not os.path.isfile(config_file):
         raise ConfigError(f"Config file '{config_file}' not found.")
+    retired = []
     try:
-        cfg.merge_from_file(config_file)
-        cfg.merge_from_list(list(opts))
+        # The file's retired keys are checked against the file's values, the overrides'
+        # against the final ones: overriding the new key of an old file is allowed.
+        retired += _merge_dropping_retired(cfg, lambda: cfg.merge_from_file(config_file),
+                                           f"Config '{config_file}'")
+        retired += _merge_dropping_retired(cfg, lambda: cfg.merge_from_list(list(opts)),
+                                           f"Config '{config_file}' with overrides {list(opts)}")
+    except ConfigError:
+        raise
     except (KeyError, AssertionError, ValueError, TypeError, yaml.YAMLError) as e:
         # yacs: unknown key (KeyError), wrong value type (AssertionError), odd override list.
         reason = e.args[0] if e.args else type(e).__name__
         raise ConfigError(f"Config '{config_file}' with overrides {list(opts)}: {reason}") from e
+    if retired:
+        logger.warning("Config '%s': retired keys dropped: %s.", config_file, "; ".join(
+            f"{key} ({RETIRED_KEYS[key][1]})" for key in dict.fromkeys(retired)))
     try:
         check_normalization(cfg.INPUT.INTENSITY_NORM, allow_dataset=True)
     except ValueError as e:
@@ -73,6 +87,45 @@ def build_config(config_file, opts=(), prepare_data=True):
     resolve_pixel_stats(cfg, given=any(k in _STATS_KEYS for k in list(opts)[::2]), measure=prepare_data,
                         files_of=files_of)
     cfg.freeze()
+    return cfg
+
+
+def _merge_dropping_retired(cfg, merge, where):
+    """Run ``merge()``, a yacs merge into ``cfg``, accepting the retired keys: each is
+    declared with the value None for the merge and removed afterwards.
+
+    Returns:
+        the retired keys the merge set.
+    Raises:
+        ConfigError: a retired key's value differs from the key that replaced it.
+    """
+    declared = []
+    for key in RETIRED_KEYS:
+        *path, name = key.split(".")
+        node = cfg
+        for part in path:
+            node = node.get(part) if node is not None else None
+        if node is not None and name not in node:
+            node[name] = None  # yacs accepts a value of any type in place of None
+            declared.append((key, node, name))
+    try:
+        merge()
+    finally:
+        values = {key: node.pop(name) for key, node, name in declared}
+    named = [key for key, value in values.items() if value is not None]
+    for key in named:
+        replaced_by = RETIRED_KEYS[key][0]
+        if replaced_by is not None and values[key] != _value(cfg, replaced_by):
+            raise ConfigError(
+                f"{where}: retired key {key} ({values[key]!r}) differs from {replaced_by} "
+                f"({_value(cfg, replaced_by)!r}); {RETIRED_KEYS[key][1]}: remove {key}."
+            )
+    return named
+
+
+def _value(cfg, key):
+    for part in key.split("."):
+        cfg = cfg[part]
     return cfg
 
 

@@ -1,7 +1,7 @@
-"""The IAUNet meta-architecture: backbone -> pixel decoder <-> transformer decoder."""
+"""The IAUNet meta-architecture: backbone -> head (pixel decoder <-> transformer decoder)."""
 import contextlib
 import math
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import torch
 from detectron2.config import configurable
@@ -10,13 +10,46 @@ from detectron2.structures import BitMasks, ImageList, PolygonMasks
 from torch import nn
 
 from .criterion import build_criterion
-from .pixel_decoder import build_pixel_decoder
+from .head import IAUNetHead
 from .postprocessing import predictions_to_instances
-from .transformer_decoder import build_transformer_decoder
 
-__all__ = ["IAUNet", "SetPredictionModel"]
+__all__ = ["IAUNet", "SetPredictionModel", "upgrade_state_dict"]
 
 _AMP_DTYPES = {"": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+# Before version 2 the decoders were children of the meta-architecture; they are now
+# children of its head.
+_HEAD_CHILDREN = ("pixel_decoder", "transformer_decoder")
+
+
+def upgrade_state_dict(state_dict: Dict, prefix: str = "", version: Optional[int] = None) -> int:
+    """Rename, in place, the keys of an IAUNet state dict older than version 2:
+    ``<prefix>pixel_decoder.*`` / ``<prefix>transformer_decoder.*`` become
+    ``<prefix>head.pixel_decoder.*`` / ``<prefix>head.transformer_decoder.*``.
+
+    The state dict's ``_metadata`` (per-module versions), if any, gets entries under the
+    new names too, so that the decoders' own upgrades see their saved versions.
+
+    Args:
+        state_dict: the model's part of a checkpoint (name -> tensor).
+        prefix: where the IAUNet module sits in the state dict ("" at the top).
+        version: the IAUNet version the state dict was saved with; None (unknown, e.g.
+            a converted checkpoint) is treated as old. Nothing is renamed from 2 on.
+    Returns:
+        the number of renamed keys.
+    """
+    if version is not None and version >= 2:
+        return 0
+    old_prefixes = tuple(f"{prefix}{name}." for name in _HEAD_CHILDREN)
+    renamed = 0
+    for key in [k for k in state_dict if k.startswith(old_prefixes)]:
+        state_dict[f"{prefix}head.{key[len(prefix):]}"] = state_dict.pop(key)
+        renamed += 1
+    metadata = getattr(state_dict, "_metadata", None)
+    if metadata is not None:
+        for name in [n for n in metadata if f"{n}.".startswith(old_prefixes)]:
+            metadata.setdefault(f"{prefix}head.{name[len(prefix):]}", dict(metadata[name]))
+    return renamed
 
 
 class SetPredictionModel(nn.Module):
@@ -86,13 +119,15 @@ class IAUNet(SetPredictionModel):
     image (padding removed; a map therefore sums to at most 1).
     """
 
+    # 2: the decoders moved into ``head`` (see ``upgrade_state_dict``).
+    _version = 2
+
     @configurable
     def __init__(
         self,
         *,
         backbone: Backbone,
-        pixel_decoder: nn.Module,
-        transformer_decoder: nn.Module,
+        head: nn.Module,
         criterion: nn.Module,
         pixel_mean: Sequence[float],
         pixel_std: Sequence[float],
@@ -106,7 +141,7 @@ class IAUNet(SetPredictionModel):
         """
         Args:
             backbone: Detectron2 backbone giving the pixel decoder's input features.
-            pixel_decoder, transformer_decoder: IAUNet's decoders.
+            head: maps the backbone features to the decoder outputs (``IAUNetHead``).
             criterion: maps (outputs, targets) to a dict of weighted losses.
             pixel_mean, pixel_std: per-channel input normalization (0-255 scale).
             size_divisibility: images are padded to a multiple of this (at least the
@@ -115,8 +150,7 @@ class IAUNet(SetPredictionModel):
             amp: inference autocast dtype, "" (off), "bf16" or "fp16".
         """
         super().__init__(backbone, pixel_mean, pixel_std, size_divisibility)
-        self.pixel_decoder = pixel_decoder
-        self.transformer_decoder = transformer_decoder
+        self.head = head
         self.criterion = criterion
         self.score_thresh = score_thresh
         self.mask_thresh = mask_thresh
@@ -137,8 +171,7 @@ class IAUNet(SetPredictionModel):
         ia = cfg.MODEL.IAUNET
         return {
             "backbone": backbone,
-            "pixel_decoder": build_pixel_decoder(cfg, backbone.output_shape()),
-            "transformer_decoder": build_transformer_decoder(cfg),
+            "head": IAUNetHead(cfg, backbone.output_shape()),
             "criterion": build_criterion(cfg),
             "pixel_mean": cfg.MODEL.PIXEL_MEAN,
             "pixel_std": cfg.MODEL.PIXEL_STD,
@@ -155,7 +188,7 @@ class IAUNet(SetPredictionModel):
         if self.training:
             images = self.preprocess_image(batched_inputs)
             features = self.backbone(images.tensor)
-            outputs = self.transformer_decoder(features, self.pixel_decoder)
+            outputs = self.head(features)
             return self.criterion(outputs, self.prepare_targets(batched_inputs, images))
         with self._inference_context():
             images = self.preprocess_image(batched_inputs)
@@ -167,8 +200,23 @@ class IAUNet(SetPredictionModel):
                 x = x.contiguous(memory_format=torch.channels_last)
             with self._autocast():
                 features = self.backbone(x)
-                outputs = self.transformer_decoder(features, self.pixel_decoder)
+                outputs = self.head(features)
             return self.inference(outputs, batched_inputs, images)
+
+    @classmethod
+    def upgrade_checkpoint(cls, state_dict: Dict) -> int:
+        """Bring a checkpoint's model state dict of an older version to this layout, in
+        place, before it is compared with the model; returns the number of renamed keys."""
+        metadata = getattr(state_dict, "_metadata", None) or {}
+        return upgrade_state_dict(state_dict, "", metadata.get("", {}).get("version"))
+
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
+        upgrade_state_dict(state_dict, prefix, local_metadata.get("version"))
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
 
     def _inference_context(self):
         """``torch.inference_mode`` when the caller already disabled autograd (as

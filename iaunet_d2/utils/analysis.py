@@ -36,15 +36,17 @@ __all__ = ["count_parameters", "count_flops", "describe_model", "flatten_outputs
            "count_flops_with_paper_convention", "PAPER_UNCOUNTED_MODULES"]
 
 
-def count_parameters(model):
+def count_parameters(model, submodules=()):
     """Number of parameters of ``model``, in total and per top-level child.
 
     Args:
         model: any ``nn.Module``.
+        submodules: dotted module names (relative to ``model``) also counted.
     Returns:
         OrderedDict: ``"total"`` first, then one entry per ``named_children()`` of the
         model in definition order, then ``"(other)"`` for parameters registered on the
-        model itself (only when there are any). Shared parameters count once in
+        model itself (only when there are any), then one entry per ``submodules`` name
+        (0 when the model has no such module). Shared parameters count once in
         ``"total"``.
     """
     counts = OrderedDict()
@@ -62,6 +64,12 @@ def count_parameters(model):
     own = counts["total"] - in_children
     if own:
         counts["(other)"] = own
+    for name in submodules:
+        try:
+            module = model.get_submodule(name)
+        except AttributeError:
+            module = None
+        counts[name] = 0 if module is None else sum(p.numel() for p in module.parameters())
     return counts
 
 
@@ -320,16 +328,19 @@ def describe_model(cfg):
     return arch, name
 
 
-def count_flops_with_paper_convention(model, meta_architecture, height, width, **kwargs):
+def count_flops_with_paper_convention(model, meta_architecture, height, width, submodules=(),
+                                      **kwargs):
     """``count_flops`` (keyword arguments passed on) plus the paper-convention count.
 
     Returns:
         (total_flops, paper_flops, per_module, unsupported_ops): as ``count_flops``,
         with ``paper_convention_flops`` as the second item; ``per_module`` also holds
-        the ``PAPER_UNCOUNTED_MODULES`` entries (0 where the model has no such module).
+        the ``PAPER_UNCOUNTED_MODULES`` entries (0 where the model has no such module),
+        then the ``submodules`` ones.
     """
+    extra = tuple(n for n in submodules if n not in PAPER_UNCOUNTED_MODULES)
     flops, per_module, unsupported = count_flops(
-        model, height, width, submodules=PAPER_UNCOUNTED_MODULES, **kwargs
+        model, height, width, submodules=PAPER_UNCOUNTED_MODULES + extra, **kwargs
     )
     paper_flops = paper_convention_flops(meta_architecture, flops, per_module)
     return flops, paper_flops, per_module, unsupported

@@ -77,7 +77,6 @@ class IAUNetTransformerDecoder(nn.Module):
         dropout: float,
         pre_norm: bool,
         mask_dim: int,
-        ia_prior_prob: float,
         deep_supervision: bool,
         aux_mask_features: str = "final",
         query_content_embed: bool = False,
@@ -98,7 +97,6 @@ class IAUNetTransformerDecoder(nn.Module):
             num_queries: N, queries (and activation maps) per level.
             nheads, dim_feedforward, dropout, pre_norm: attention/FFN settings.
             mask_dim: width of the mask kernels (= the pixel decoder's mask_dim).
-            ia_prior_prob: prior probability for the IA conv's bias initialisation.
             deep_supervision: also predict after every decoder layer ("aux_outputs").
             aux_mask_features: "final": auxiliary masks are the intermediate kernels
                 applied to the final 1/4-resolution mask features (as Mask2Former does);
@@ -164,7 +162,7 @@ class IAUNetTransformerDecoder(nn.Module):
 
         self.pe_layer = PositionEmbeddingSine(hidden_dim // 2, normalize=True)
         self.ia_layers = nn.ModuleList(
-            InstanceActivation(hidden_dim, num_queries, ia_prior_prob) for _ in range(num_levels)
+            InstanceActivation(hidden_dim, num_queries) for _ in range(num_levels)
         )
         self.layers = nn.ModuleList(
             DualPathDecoderLayer(hidden_dim, nheads, dim_feedforward, dropout, pre_norm)
@@ -220,24 +218,18 @@ class IAUNetTransformerDecoder(nn.Module):
                 nn.init.zeros_(layer.bias)
 
     @classmethod
-    def from_config(cls, cfg):
+    def from_config(cls, cfg, in_channels: int, mask_dim: int):
         ia = cfg.MODEL.IAUNET
-        if ia.HIDDEN_DIM != ia.CONV_DIM:
-            raise ValueError(
-                f"MODEL.IAUNET.HIDDEN_DIM ({ia.HIDDEN_DIM}) must equal CONV_DIM ({ia.CONV_DIM}): "
-                "the queries are pooled from, and attend to, the pixel decoder's features"
-            )
         return {
             "num_levels": len(ia.IN_FEATURES),
             "num_classes": ia.NUM_CLASSES,
-            "hidden_dim": ia.HIDDEN_DIM,
+            "hidden_dim": in_channels,
             "num_queries": ia.NUM_QUERIES,
             "nheads": ia.NHEADS,
             "dim_feedforward": ia.DIM_FEEDFORWARD,
             "dropout": ia.DROPOUT,
             "pre_norm": ia.PRE_NORM,
-            "mask_dim": ia.MASK_DIM,
-            "ia_prior_prob": ia.IA_PRIOR_PROB,
+            "mask_dim": mask_dim,
             "deep_supervision": ia.DEEP_SUPERVISION,
             "aux_mask_features": ia.AUX_MASK_FEATURES,
             "query_content_embed": ia.QUERY_CONTENT_EMBED,
