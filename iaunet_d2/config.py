@@ -122,6 +122,9 @@ def add_iaunet_config(cfg):
     # Weight of the L1 loss (and matching cost) between each query's predicted cell
     # centre and its target's centroid, in units of the image side (0: no centre head).
     cfg.MODEL.IAUNET.CENTER_WEIGHT = 0.0
+    # Class target of a matched query: its class with probability = IoU of its mask
+    # with the target (else 1), so that scores rank detections by mask quality.
+    cfg.MODEL.IAUNET.IOU_AWARE_CLASS = False
     # Weight of a direct loss pulling each matched query's activation maps into its
     # target mask (0: the maps learn only through the final masks, as in the paper).
     cfg.MODEL.IAUNET.ACTIVATION_MAP_WEIGHT = 1.0

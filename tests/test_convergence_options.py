@@ -455,3 +455,34 @@ def test_center_prior_follows_the_predicted_centres():
     assert d2.shape == (1, 1, 4, 4)
     assert d2[0, 0, 3, 0].item() == pytest.approx(2 * 0.25 ** 2)
     assert d2[0, 0].flatten().argmin() in (2 * 4 + 0, 2 * 4 + 1, 3 * 4 + 0, 3 * 4 + 1)
+
+
+# ------------------------------------------------------------------ IoU-aware classes
+
+
+def test_iou_aware_class_targets_are_the_matched_mask_ious():
+    criterion = _criterion(iou_aware_class=True)
+    pred = torch.full((1, 3, 4, 4), -5.0)
+    pred[0, 0, :2, :2] = 5.0  # 4 pixels, covering the target's 2
+    pred[0, 2, :, :2] = 5.0  # 8 pixels, covering the target's 2
+    masks = torch.zeros(1, 8, 8)
+    masks[0, :4, 2:4] = 1  # at 4 x 4: rows 0-1, column 1
+    masks = masks.repeat(2, 1, 1)
+    targets = [{"labels": torch.zeros(2, dtype=torch.int64), "masks": masks}]
+    indices = [(torch.tensor([0, 2]), torch.tensor([0, 1]))]
+    ious = criterion.matched_mask_ious(pred, targets, indices)
+    assert torch.allclose(ious[0], torch.tensor([2 / 4, 2 / 8]))
+
+    logits = torch.randn(1, 3, 2)
+    # IoU 1 everywhere: exactly the hard-label cross-entropy.
+    ones = [torch.ones(2)]
+    hard = criterion.loss_labels(logits, targets, indices)
+    assert criterion.loss_labels(logits, targets, indices, ones).item() == pytest.approx(hard.item())
+    # Soft targets: query 0 is a cell with probability 1/2, query 2 with 1/4, the rest
+    # "no object" (whose weight is 0.1); the unmatched query 1 is "no object".
+    log_p = F.log_softmax(logits[0], -1)
+    w = criterion.empty_weight
+    t = torch.tensor([[0.5, 0.5], [0.0, 1.0], [0.25, 0.75]]) * w
+    expected = -(t * log_p).sum() / t.sum()
+    assert criterion.loss_labels(logits, targets, indices, ious).item() == pytest.approx(
+        expected.item(), rel=1e-5)

@@ -31,7 +31,7 @@ union of the masks and their borders: dense supervision from the first step.
 Both mask losses are summed over matched masks and divided by the number of target masks
 in the whole (distributed) batch, clamped to at least 1.
 """
-from typing import Dict, List, Tuple
+from typing import Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed as dist
@@ -90,9 +90,11 @@ class IAUNetSetCriterion(nn.Module):
         activation_map_weight: float = 0.0,
         dense_weight: float = 0.0,
         center_weight: float = 0.0,
+        iou_aware_class: bool = False,
     ):
         super().__init__()
         self.center_weight = center_weight
+        self.iou_aware_class = iou_aware_class
         if mask_loss not in ("points", "dense"):
             raise ValueError(f"MODEL.IAUNET.MASK_LOSS must be 'points' or 'dense', got {mask_loss!r}")
         self.mask_loss = mask_loss
@@ -134,6 +136,7 @@ class IAUNetSetCriterion(nn.Module):
             "activation_map_weight": ia.ACTIVATION_MAP_WEIGHT,
             "dense_weight": ia.DENSE_WEIGHT,
             "center_weight": ia.CENTER_WEIGHT,
+            "iou_aware_class": ia.IOU_AWARE_CLASS,
         }
 
     # ------------------------------------------------------------------ helpers
@@ -152,24 +155,68 @@ class IAUNetSetCriterion(nn.Module):
         pred_logits: torch.Tensor,
         targets: List[Dict[str, torch.Tensor]],
         indices: List[Tuple[torch.Tensor, torch.Tensor]],
+        matched_ious: Optional[List[torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Weighted-mean cross-entropy over all B*N queries (unweighted by class_weight).
 
         Args:
             pred_logits: (B, N, C+1).
+            matched_ious: per image, (K,) IoUs of the matched queries' masks with their
+                targets: the class target of a matched query is then soft, its class
+                with probability IoU and "no object" with 1 - IoU, so that class
+                probabilities rank predictions by mask quality. The loss is
+                ``-sum_c w_c t_c log p_c`` over queries, divided by ``sum w_c t_c``
+                (the hard-label weighted mean when the targets are one-hot).
         """
         batch, num_queries = pred_logits.shape[:2]
+        device = pred_logits.device
         target_classes = torch.full(
-            (batch, num_queries), self.num_classes, dtype=torch.int64, device=pred_logits.device
+            (batch, num_queries), self.num_classes, dtype=torch.int64, device=device
         )
         for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
             if pred_idx.numel():
-                target_classes[b, pred_idx.to(pred_logits.device)] = target["labels"].to(
-                    pred_logits.device
-                )[tgt_idx.to(pred_logits.device)]
-        return F.cross_entropy(
-            pred_logits.float().transpose(1, 2), target_classes, weight=self.empty_weight
-        )
+                target_classes[b, pred_idx.to(device)] = target["labels"].to(device)[
+                    tgt_idx.to(device)
+                ]
+        if matched_ious is None:
+            return F.cross_entropy(
+                pred_logits.float().transpose(1, 2), target_classes, weight=self.empty_weight
+            )
+        soft = F.one_hot(target_classes, self.num_classes + 1).float()  # (B, N, C+1)
+        for b, ((pred_idx, _), iou) in enumerate(zip(indices, matched_ious)):
+            if pred_idx.numel():
+                rows = pred_idx.to(device)
+                iou = iou.to(device, torch.float32)
+                soft[b, rows] = soft[b, rows] * iou[:, None]
+                soft[b, rows, self.num_classes] = 1.0 - iou
+        weighted = soft * self.empty_weight
+        log_prob = F.log_softmax(pred_logits.float(), dim=-1)
+        return -(weighted * log_prob).sum() / weighted.sum().clamp(min=1e-6)
+
+    @staticmethod
+    @torch.no_grad()
+    def matched_mask_ious(
+        pred_masks: torch.Tensor,
+        targets: List[Dict[str, torch.Tensor]],
+        indices: List[Tuple[torch.Tensor, torch.Tensor]],
+    ) -> List[torch.Tensor]:
+        """IoU of each matched query's mask (logit > 0) with its target, both on the
+        prediction grid (targets average-pooled from the padded input size, > 0.5).
+
+        Args:
+            pred_masks: (B, N, h, w) logits.
+        Returns:
+            per image, float32 (K,) IoUs in the order of ``indices``.
+        """
+        ious = []
+        for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
+            pred = pred_masks[b][pred_idx.to(pred_masks.device)] > 0  # (K, h, w)
+            tgt = target["masks"][tgt_idx.to(target["masks"].device)][:, None].float()
+            tgt = F.adaptive_avg_pool2d(tgt, pred.shape[-2:])[:, 0].to(pred.device) > 0.5
+            inter = (pred & tgt).flatten(1).sum(1).float()
+            union = (pred | tgt).flatten(1).sum(1).float()
+            ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)))
+        return ious
 
     def loss_masks(
         self,
@@ -333,7 +380,11 @@ class IAUNetSetCriterion(nn.Module):
             losses["loss_center" + suffix] = self.center_weight * self.loss_centers(
                 outputs["pred_centers"], targets, indices, num_masks
             )
-        loss_ce = self.loss_labels(outputs["pred_logits"], targets, indices)
+        ious = (
+            self.matched_mask_ious(outputs["pred_masks"], targets, indices)
+            if self.iou_aware_class else None
+        )
+        loss_ce = self.loss_labels(outputs["pred_logits"], targets, indices, ious)
         loss_mask, loss_dice = self.loss_masks(outputs["pred_masks"], targets, indices, num_masks)
         losses.update({
             "loss_ce" + suffix: loss_ce * self.class_weight,
