@@ -106,10 +106,10 @@ def add_iaunet_config(cfg):
     # Add the sine positional embedding of the pixels to the final mask features.
     cfg.MODEL.IAUNET.MASK_FEATURE_POS = True
     # Location prior on each mask around its query's activation-map centroid.
-    cfg.MODEL.IAUNET.CENTER_PRIOR = False
+    cfg.MODEL.IAUNET.CENTER_PRIOR = True
     # A learned anchor point per query slot with a Gaussian prior around it on the IA
     # logits (ANCHOR_SIGMA: its std in units of the anchor spacing, 1/sqrt(NUM_QUERIES)).
-    cfg.MODEL.IAUNET.ANCHOR_POINTS = False
+    cfg.MODEL.IAUNET.ANCHOR_POINTS = True
     cfg.MODEL.IAUNET.ANCHOR_SIGMA = 1.0
     # Criterion and matcher
     cfg.MODEL.IAUNET.CLASS_WEIGHT = 1.0
@@ -118,7 +118,7 @@ def add_iaunet_config(cfg):
     cfg.MODEL.IAUNET.NO_OBJECT_WEIGHT = 0.1
     # Matching cost of a query's activation maps against a target: -log of the maps'
     # mass inside the target mask (0: matching by class and mask only).
-    cfg.MODEL.IAUNET.ACTIVATION_COST = 0.0
+    cfg.MODEL.IAUNET.ACTIVATION_COST = 1.0
     # Weight of the L1 loss (and matching cost) between each query's predicted cell
     # centre and its target's centroid, in units of the image side (0: no centre head).
     cfg.MODEL.IAUNET.CENTER_WEIGHT = 0.0

@@ -246,32 +246,39 @@ def test_dense_loss_trains_with_the_model_and_is_absent_at_inference():
     assert "pred_dense" not in out
 
 
-def test_a_checkpoint_of_the_paper_decoder_loads_and_predicts_as_trained(tmp_path):
-    """A version-1 checkpoint (no content embedding, no mask positional features) loads
-    into a model built with today's defaults and gives the same masks."""
+@pytest.mark.parametrize("version", [1, 2])
+def test_a_checkpoint_of_an_earlier_decoder_loads_and_predicts_as_trained(tmp_path, version):
+    """A version-1 checkpoint (the paper's decoder: no content embedding, no mask
+    positional features) and a version-2 one (no anchor points, no center prior) load
+    strictly into a model built with today's defaults and give the same masks."""
     torch.manual_seed(0)
-    paper_cfg = small_iaunet_cfg(QUERY_CONTENT_EMBED=False, MASK_FEATURE_POS=False, MASK_DIM=32)
-    old = build_model(paper_cfg).eval()
+    earlier = dict(ANCHOR_POINTS=False, CENTER_PRIOR=False, MASK_DIM=32)
+    if version == 1:
+        earlier.update(QUERY_CONTENT_EMBED=False, MASK_FEATURE_POS=False)
+    old = build_model(small_iaunet_cfg(**earlier)).eval()
     state = old.state_dict()
-    state._metadata["head.transformer_decoder"]["version"] = 1  # as saved before version 2
+    state._metadata["head.transformer_decoder"]["version"] = version
     path = tmp_path / "old.pth"
     torch.save({"model": state}, path)
 
     new = build_model(small_iaunet_cfg(MASK_DIM=32)).eval()
-    assert new.head.transformer_decoder.mask_pe is not None
+    decoder = new.head.transformer_decoder
+    assert decoder.mask_pe is not None and decoder.anchors is not None
+    assert decoder.center_scale is not None
     from iaunet_d2.engine import AtomicCheckpointer
 
-    incompatible = AtomicCheckpointer(new)._load_model(torch.load(path, weights_only=False))
-    assert not incompatible.missing_keys and not incompatible.unexpected_keys
-    assert new.head.transformer_decoder.mask_pe is None
-    assert torch.count_nonzero(new.head.transformer_decoder.query_content.weight) == 0
+    AtomicCheckpointer(new).load_weights(str(path))  # strict: raises on any mismatch
+    assert decoder.anchors is None and decoder.center_scale is None
+    assert (decoder.mask_pe is None) == (version == 1)
+    if version == 1:
+        assert torch.count_nonzero(decoder.query_content.weight) == 0
     batch = synthetic_batch([(64, 64)], [2])
     with torch.no_grad():
         outs = [m.head(m.backbone(m.preprocess_image(batch).tensor))
                 for m in (old, new)]
     assert torch.allclose(outs[0]["pred_masks"], outs[1]["pred_masks"], atol=1e-5)
-    # Today's checkpoints carry version 2 and load unchanged.
-    assert new.state_dict()._metadata["head.transformer_decoder"]["version"] == 2
+    # Today's checkpoints carry version 3 and load unchanged.
+    assert new.state_dict()._metadata["head.transformer_decoder"]["version"] == 3
 
 
 def test_centroid_distance_is_measured_from_each_map_centre_of_mass():

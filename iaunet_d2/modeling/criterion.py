@@ -28,6 +28,10 @@ With ``dense_weight > 0`` (``loss_dense``), per-pixel foreground and border logi
 (``outputs["pred_dense"]``, from the final mask features) get a BCE loss against the
 union of the masks and their borders: dense supervision from the first step.
 
+With ``center_weight > 0`` (``loss_center``), the L1 distance of each matched query's
+predicted centre (``outputs["pred_centers"]``) from its target's centroid; with
+``iou_aware_class``, a matched query's class target is soft (see ``loss_labels``).
+
 Both mask losses are summed over matched masks and divided by the number of target masks
 in the whole (distributed) batch, clamped to at least 1.
 """
@@ -42,8 +46,15 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
-from .losses import dice_loss, sample_points_with_importance, sigmoid_bce_loss
-from .matcher import HungarianMatcher, mask_centroids, pixel_index_to_coords, sample_logits_at
+from .losses import (
+    center_l1_loss,
+    dense_targets,
+    dice_loss,
+    matched_mask_ious,
+    sample_points_with_importance,
+    sigmoid_bce_loss,
+)
+from .matcher import HungarianMatcher, pixel_index_to_coords, sample_logits_at
 
 __all__ = ["IAUNET_CRITERION_REGISTRY", "build_criterion", "IAUNetSetCriterion"]
 
@@ -193,30 +204,7 @@ class IAUNetSetCriterion(nn.Module):
         log_prob = F.log_softmax(pred_logits.float(), dim=-1)
         return -(weighted * log_prob).sum() / weighted.sum().clamp(min=1e-6)
 
-    @staticmethod
-    @torch.no_grad()
-    def matched_mask_ious(
-        pred_masks: torch.Tensor,
-        targets: List[Dict[str, torch.Tensor]],
-        indices: List[Tuple[torch.Tensor, torch.Tensor]],
-    ) -> List[torch.Tensor]:
-        """IoU of each matched query's mask (logit > 0) with its target, both on the
-        prediction grid (targets average-pooled from the padded input size, > 0.5).
-
-        Args:
-            pred_masks: (B, N, h, w) logits.
-        Returns:
-            per image, float32 (K,) IoUs in the order of ``indices``.
-        """
-        ious = []
-        for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
-            pred = pred_masks[b][pred_idx.to(pred_masks.device)] > 0  # (K, h, w)
-            tgt = target["masks"][tgt_idx.to(target["masks"].device)][:, None].float()
-            tgt = F.adaptive_avg_pool2d(tgt, pred.shape[-2:])[:, 0].to(pred.device) > 0.5
-            inter = (pred & tgt).flatten(1).sum(1).float()
-            union = (pred | tgt).flatten(1).sum(1).float()
-            ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)))
-        return ious
+    matched_mask_ious = staticmethod(matched_mask_ious)
 
     def loss_masks(
         self,
@@ -307,58 +295,14 @@ class IAUNetSetCriterion(nn.Module):
                 total = total - torch.log(mass.clamp(min=1e-6)).sum()
         return total / (num_masks * len(activation_maps))
 
-    @staticmethod
-    def dense_targets(targets: List[Dict[str, torch.Tensor]], size: Tuple[int, int]) -> torch.Tensor:
-        """Per-pixel foreground and border targets, (B, 2, h, w) in [0, 1].
-
-        Foreground: the union of an image's masks; borders: pixels of a mask with a
-        4-neighbour outside it (so touching cells are separated by their borders). Both
-        are computed at the padded input resolution, then average-pooled to ``size``
-        (exact: the padded size is a multiple of 4).
-        """
-        maps = []
-        for target in targets:
-            masks = target["masks"]  # (M, H, W)
-            if masks.shape[0] == 0:
-                maps.append(masks.new_zeros((2,) + tuple(masks.shape[-2:])))
-                continue
-            fg = masks.amax(0)
-            # Erosion by a plus-shaped element: min over the 4-neighbours (outside = 0).
-            padded = F.pad(masks, (1, 1, 1, 1))
-            eroded = torch.minimum(
-                torch.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]),
-                torch.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]),
-            ) * masks
-            border = (masks - eroded).amax(0)
-            maps.append(torch.stack([fg, border]))
-        return F.adaptive_avg_pool2d(torch.stack(maps).float(), size)
+    dense_targets = staticmethod(dense_targets)
 
     def loss_dense(self, pred_dense: torch.Tensor, targets: List[Dict[str, torch.Tensor]]):
         """Mean BCE of the (B, 2, h, w) foreground/border logits against dense_targets."""
         target = self.dense_targets(targets, tuple(pred_dense.shape[-2:])).to(pred_dense.device)
         return F.binary_cross_entropy_with_logits(pred_dense.float(), target)
 
-    @staticmethod
-    def loss_centers(
-        pred_centers: torch.Tensor,
-        targets: List[Dict[str, torch.Tensor]],
-        indices: List[Tuple[torch.Tensor, torch.Tensor]],
-        num_masks: torch.Tensor,
-    ) -> torch.Tensor:
-        """L1 distance of the matched queries' centres from their targets' centroids,
-        summed and divided by ``num_masks``.
-
-        Args:
-            pred_centers: (B, N, 2) (x, y) in [0, 1] of the padded image.
-        """
-        total = pred_centers.sum() * 0.0  # a gradient for every parameter (DDP)
-        for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
-            if pred_idx.numel() == 0:
-                continue
-            centres = mask_centroids(target["masks"][tgt_idx.to(target["masks"].device)])
-            pred = pred_centers[b][pred_idx.to(pred_centers.device)].float()
-            total = total + (pred - centres.to(pred.device)).abs().sum()
-        return total / num_masks
+    loss_centers = staticmethod(center_l1_loss)
 
     def single_output_losses(
         self,

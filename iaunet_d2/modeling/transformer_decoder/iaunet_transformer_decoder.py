@@ -14,7 +14,6 @@ At each pixel-decoder level (coarse to fine):
 Class logits and mask kernels come from the final N queries; masks are the dot product
 of the kernels with the pixel decoder's 1/4-resolution mask embeddings.
 """
-import logging
 import math
 from typing import Dict, List, Optional, Tuple
 
@@ -34,8 +33,7 @@ from .instance_activation import (
 )
 from .layers import DualPathDecoderLayer, QueryDecoderLayer
 from .position_encoding import PositionEmbeddingSine
-
-logger = logging.getLogger(__name__)
+from .versions import match_checkpoint_version
 
 __all__ = ["IAUNetTransformerDecoder"]
 
@@ -60,9 +58,10 @@ class IAUNetTransformerDecoder(nn.Module):
       finest level's size; otherwise an empty list.
     """
 
-    # 2: per-slot content embedding and mask positional features (see
-    # _load_from_state_dict for how version-1 checkpoints load).
-    _version = 2
+    # 2: per-slot content embedding and mask positional features; 3: anchor points and
+    # the center prior on by default (see _load_from_state_dict for how older
+    # checkpoints load).
+    _version = 3
 
     @configurable
     def __init__(
@@ -246,22 +245,7 @@ class IAUNetTransformerDecoder(nn.Module):
     def _load_from_state_dict(
         self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
     ):
-        # Checkpoints of version 1 (or without version, e.g. converted from elsewhere)
-        # come from the paper's decoder: no content embedding, no mask positional
-        # features. Load them as they were trained: a zero embedding adds nothing to the
-        # IA queries, and the positional features are switched off.
-        version = local_metadata.get("version", None)
-        content_key = prefix + "query_content.weight"
-        if (version is None or version < 2) and content_key not in state_dict:
-            if self.query_content is not None:
-                state_dict[content_key] = torch.zeros_like(self.query_content.weight)
-            if self.mask_pe is not None:
-                self.mask_pe = None
-                logger.warning(
-                    "Loading a transformer decoder checkpoint of version %s (before content "
-                    "embeddings): zero content embedding and no mask positional features, "
-                    "as it was trained.", version,
-                )
+        match_checkpoint_version(self, state_dict, prefix, local_metadata.get("version", None))
         super()._load_from_state_dict(
             state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
         )

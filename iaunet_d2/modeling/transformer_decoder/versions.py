@@ -1,0 +1,49 @@
+"""How checkpoints of earlier versions of the IAUNet transformer decoder load.
+
+Versions (``IAUNetTransformerDecoder._version``, saved in a state dict's metadata):
+
+1. the paper's decoder: IA queries only, masks from the mask features alone;
+2. a per-slot content embedding added to the IA queries, and the pixels' positional
+   embedding added to the mask features;
+3. per-slot anchor points and the center prior, both on by default.
+
+A checkpoint is loaded as it was trained: parts it has no weights for are switched off
+(or, for the content embedding, set to zero, which adds nothing).
+"""
+import logging
+from typing import Dict, Optional
+
+import torch
+
+__all__ = ["match_checkpoint_version"]
+
+logger = logging.getLogger(__name__)
+
+
+def match_checkpoint_version(decoder, state_dict: Dict, prefix: str, version: Optional[int]) -> None:
+    """Adapt ``decoder`` (and, for version 1, ``state_dict`` in place) to a checkpoint
+    saved with ``version`` (None: unknown, e.g. converted from elsewhere, treated as 1).
+
+    Called from the decoder's ``_load_from_state_dict`` before its weights load.
+    """
+    old = version is None or version < 2
+    dropped = []
+    content_key = prefix + "query_content.weight"
+    if old and content_key not in state_dict:
+        if decoder.query_content is not None:
+            state_dict[content_key] = torch.zeros_like(decoder.query_content.weight)
+        if decoder.mask_pe is not None:
+            decoder.mask_pe = None
+            dropped.append("mask positional features")
+    if version is None or version < 3:
+        if decoder.anchors is not None and prefix + "anchors.weight" not in state_dict:
+            decoder.anchors = None
+            dropped.append("anchor points")
+        if decoder.center_scale is not None and prefix + "center_scale.weight" not in state_dict:
+            decoder.center_scale = None
+            dropped.append("center prior")
+    if dropped:
+        logger.warning(
+            "Loading a transformer decoder checkpoint of version %s, trained without %s: "
+            "switched off, as it was trained.", version, ", ".join(dropped),
+        )
