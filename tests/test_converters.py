@@ -275,3 +275,42 @@ def test_livecell_and_evican_scripts(tmp_path, repo_root, capsys):
     status = _script(repo_root, "evican2").main(["--annotations", str(raw), "--root", str(root)])
     err = capsys.readouterr().err
     assert status == 1 and "instances_train2019_EVICAN2.json" in err and "--eval-json" in err
+
+
+@pytest.mark.parametrize("case", ["missing label folder", "missing livecell json",
+                                  "broken livecell json", "missing evican2 folder"])
+def test_converter_scripts_end_bad_inputs_in_one_line_without_writing(tmp_path, repo_root, capsys,
+                                                                      case):
+    root = tmp_path / "root"
+    root.mkdir()
+    if case == "missing label folder":
+        images = tmp_path / "im"
+        images.mkdir()
+        cv2.imwrite(str(images / "x.png"), np.zeros((20, 20), np.uint8))
+        out = tmp_path / "a.json"
+        status = _script(repo_root, "labels_to_coco").main(
+            ["--images", str(images), "--labels", str(tmp_path / "nolabels"), "--output", str(out)])
+        expected = "Label folder"
+    elif case.endswith("livecell json"):
+        # train's json is fine, val's is missing or broken: nothing at all is converted.
+        (root / "livecell" / "annotations").mkdir(parents=True)
+        (root / "livecell" / "annotations" / "livecell_coco_train.json").write_text(
+            json.dumps({"images": [], "annotations": [], "categories": []}))
+        if case.startswith("broken"):
+            (root / "livecell" / "annotations" / "livecell_coco_val.json").write_text("{not json")
+        status = _script(repo_root, "livecell_crop").main(
+            ["--root", str(root), "--splits", "val", "train"])
+        expected = "livecell_coco_val.json"
+    else:
+        status = _script(repo_root, "evican2").main(
+            ["--annotations", str(tmp_path / "raw"), "--root", str(root)])
+        expected = "raw"
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 2
+    assert len(errors) == 1 and expected in errors[0], errors
+    if case == "missing label folder":
+        assert not out.exists()
+    else:
+        assert not (root / "livecell_crop").exists()
+        assert not (root / "evican2" / "annotations").exists() or not any(
+            (root / "evican2" / "annotations").iterdir())

@@ -13,7 +13,7 @@ import os
 import sys
 
 from iaunet_d2.apps.convert_common import add_common_arguments, finish
-from iaunet_d2.data.converters import convert_evican2
+from iaunet_d2.data.converters import ConversionError, convert_evican2
 
 
 def main(argv=None):
@@ -29,8 +29,12 @@ def main(argv=None):
         print("error: --annotations must differ from the output folder (the raw files would be overwritten)",
               file=sys.stderr)
         return 2
-    report = convert_evican2(args.annotations, args.root, eval_json=args.eval_json,
-                             max_instances=args.max_instances)
+    try:
+        report = convert_evican2(args.annotations, args.root, eval_json=args.eval_json,
+                                 max_instances=args.max_instances)
+    except ConversionError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return finish(report, os.path.join(args.root, "evican2", "annotations"))
 
 

@@ -14,7 +14,7 @@ import sys
 
 import iaunet_d2  # noqa: F401
 from iaunet_d2.apps.convert_common import add_common_arguments, finish
-from iaunet_d2.data.converters import ConversionReport, convert_livecell_crop
+from iaunet_d2.data.converters import ConversionError, ConversionReport, convert_livecell_crop
 from iaunet_d2.data.datasets.specs import DATASETS
 
 
@@ -31,16 +31,32 @@ def main(argv=None):
                         help="drop a cut cell whose visible part has fewer pixels")
     add_common_arguments(parser, default_max_instances=100)
     args = parser.parse_args(argv)
-    total = ConversionReport()
+    splits = {}
     for split in args.splits:
-        json_in, images_in = (os.path.join(args.root, p) for p in DATASETS["livecell"].splits[split])
-        json_out, images_out = (os.path.join(args.root, p) for p in DATASETS["livecell_crop"].splits[split])
+        if split not in DATASETS["livecell"].splits:
+            print(f"error: unknown split {split!r} (LIVECell has {sorted(DATASETS['livecell'].splits)})",
+                  file=sys.stderr)
+            return 2
+        splits[split] = [os.path.join(args.root, p)
+                         for p in DATASETS["livecell"].splits[split] + DATASETS["livecell_crop"].splits[split]]
+    # Every split's input first, so that a missing one does not stop the run half-way.
+    missing = [paths[0] for paths in splits.values() if not os.path.isfile(paths[0])]
+    if missing:
+        print(f"error: LIVECell annotation file(s) not found: {', '.join(missing)} "
+              "(see datasets/README.md for the download)", file=sys.stderr)
+        return 2
+    total = ConversionReport()
+    for split, (json_in, images_in, json_out, images_out) in splits.items():
         print(f"{split}: {json_in} -> {json_out}", file=sys.stderr)
-        report = convert_livecell_crop(
-            json_in, images_in, images_out, json_out, size=args.size, stride=args.stride,
-            max_instances=args.max_instances, min_visible_fraction=args.min_visible_fraction,
-            min_visible_area=args.min_visible_area,
-        )
+        try:
+            report = convert_livecell_crop(
+                json_in, images_in, images_out, json_out, size=args.size, stride=args.stride,
+                max_instances=args.max_instances, min_visible_fraction=args.min_visible_fraction,
+                min_visible_area=args.min_visible_area,
+            )
+        except ConversionError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
         total.add(report)
     return finish(total, os.path.join(args.root, "livecell_crop"))
 

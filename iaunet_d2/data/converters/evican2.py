@@ -81,7 +81,11 @@ def convert_evican2(annotation_dir, output_root, eval_json=None, max_instances=N
 
     Returns:
         ConversionReport over all files.
+    Raises:
+        ConversionError: ``annotation_dir`` does not exist (nothing is written).
     """
+    if not os.path.isdir(annotation_dir):
+        raise ConversionError(f"EVICAN2 annotation folder '{annotation_dir}' does not exist.")
     report = ConversionReport()
     jobs = []  # (source path or loaded dict, target relative path)
     for split in ("train", "val"):

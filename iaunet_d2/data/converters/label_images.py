@@ -99,12 +99,15 @@ def convert_label_folder(
     Returns:
         ConversionReport. The json is written (atomically) even if some files failed.
     Raises:
-        ConversionError: ``image_dir`` does not exist (nothing is written).
+        ConversionError: ``image_dir`` or ``label_dir`` does not exist (nothing is
+            written).
     """
     image_root = image_dir if image_root is None else image_root
     report = ConversionReport()
     if not os.path.isdir(image_dir):
         raise ConversionError(f"Image folder '{image_dir}' does not exist.")
+    if not os.path.isdir(label_dir):
+        raise ConversionError(f"Label folder '{label_dir}' does not exist.")
     pairs, _ = pair_with_labels(list_images(image_dir), label_dir, label_suffixes)
     images, annotations = [], []
     for path, label_path in pairs.items():
