@@ -105,7 +105,7 @@ def test_flatten_outputs_instances():
 
 def test_mask_rcnn_counts():
     from detectron2.modeling import build_model
-    from iaunet_d2.engine.defaults import build_config
+    from iaunet_d2.config import build_config
 
     cfg = build_config(os.path.join(_ROOT, "configs", "demo", "mask_rcnn_R50.yaml"),
                        ["MODEL.DEVICE", "cpu"], prepare_data=False)
@@ -164,7 +164,7 @@ _SMALL_RCNN = ["MODEL.DEVICE", "cpu", "MODEL.RESNETS.DEPTH", "18",
 
 def _small_rcnn(name, opts=()):
     from detectron2.modeling import build_model
-    from iaunet_d2.engine.defaults import build_config
+    from iaunet_d2.config import build_config
 
     cfg = build_config(os.path.join(_ROOT, "configs", "demo", name), _SMALL_RCNN + list(opts),
                        prepare_data=False)
@@ -237,7 +237,7 @@ def test_pointrend_point_head_counted_separately():
 def test_rcnn_flops_reproduce_the_paper(name, paper_gflops):
     """The paper's Table 1-2 R-CNN FLOPs at 512x512 (about 5 s each on 2 cores)."""
     from detectron2.modeling import build_model
-    from iaunet_d2.engine.defaults import build_config
+    from iaunet_d2.config import build_config
 
     cfg = build_config(os.path.join(_ROOT, "configs", "revvity25", name),
                        ["MODEL.DEVICE", "cpu"], prepare_data=False)
@@ -250,7 +250,7 @@ def test_rcnn_flops_reproduce_the_paper(name, paper_gflops):
 
 def test_full_test_workload_iaunet_drops_the_score_threshold():
     from detectron2.modeling import build_model
-    from iaunet_d2.engine.defaults import build_config
+    from iaunet_d2.config import build_config
 
     cfg = build_config(os.path.join(_ROOT, "configs", "demo", "iaunet_R18_small.yaml"),
                        ["MODEL.DEVICE", "cpu", "MODEL.IAUNET.NUM_QUERIES", "12",

@@ -8,7 +8,7 @@ from detectron2.modeling import build_model
 
 from iaunet_test_utils import small_iaunet_cfg, small_transformer_decoder, synthetic_batch
 
-from iaunet_d2.engine import build_config
+from iaunet_d2.config import build_config
 from iaunet_d2.modeling.criterion import IAUNetSetCriterion
 from iaunet_d2.modeling.losses import dice_loss, sigmoid_bce_loss
 from iaunet_d2.solver import build_optimizer
@@ -101,9 +101,10 @@ def test_head_init_std_starts_masks_undecided():
         assert torch.count_nonzero(layer.bias) == 0
     # Initial mask logits: near 0 (undecided), not PyTorch's default init's large values.
     torch.manual_seed(0)
-    _, small = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.01, MASK_FEATURE_POS=False), False)
+    plain = dict(MASK_FEATURE_POS=False, CENTER_PRIOR=False)  # the kernels' dot product only
+    _, small = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.01, **plain), False)
     torch.manual_seed(0)
-    _, default = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.0, MASK_FEATURE_POS=False), False)
+    _, default = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.0, **plain), False)
     assert small["pred_masks"].abs().mean() < 0.2 * default["pred_masks"].abs().mean()
 
 

@@ -21,7 +21,8 @@ from iaunet_d2.data.build import load_checked_dicts
 from iaunet_d2.data.converters import convert_label_folder
 from iaunet_d2.data.dataset_mappers import build_dataset_mapper
 from iaunet_d2.data.validation import DatasetError, SkipUnreadable, clean_dataset_dicts
-from iaunet_d2.engine import Trainer, build_config
+from iaunet_d2.config import build_config
+from iaunet_d2.engine import Trainer
 from test_own_data import CUSTOM_IAUNET, CUSTOM_MASK_RCNN, _tiny_iaunet_opts, make_label_folder
 
 H = W = 100

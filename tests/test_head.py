@@ -9,9 +9,10 @@ from detectron2.modeling import build_model
 
 from iaunet_test_utils import small_iaunet_cfg, synthetic_batch
 
-import iaunet_d2.engine.defaults as defaults
-from iaunet_d2.engine import AtomicCheckpointer, WeightsMismatchError, build_config
-from iaunet_d2.engine.defaults import ConfigError
+import iaunet_d2.config.build as defaults
+from iaunet_d2.config import build_config
+from iaunet_d2.engine import AtomicCheckpointer, WeightsMismatchError
+from iaunet_d2.config import ConfigError
 from iaunet_d2.modeling.meta_arch import upgrade_state_dict
 
 _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

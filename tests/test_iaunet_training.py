@@ -5,7 +5,8 @@ import os
 import pytest
 
 import iaunet_d2  # noqa: F401
-from iaunet_d2.engine import Trainer, build_config
+from iaunet_d2.config import build_config
+from iaunet_d2.engine import Trainer
 
 from train_utils import REPO_ROOT
 

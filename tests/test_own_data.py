@@ -17,7 +17,7 @@ from iaunet_d2.data.converters import convert_label_folder
 from iaunet_d2.data.datasets.cells_demo import render_demo_image
 from iaunet_d2.io.images import read_image
 from iaunet_d2.data.validation import DatasetError
-from iaunet_d2.engine import build_config
+from iaunet_d2.config import build_config
 from train_utils import REPO_ROOT, tiny_rcnn_opts
 
 CUSTOM_IAUNET = os.path.join(REPO_ROOT, "configs", "custom", "iaunet_R50.yaml")

@@ -43,7 +43,7 @@ def save_random_model(path, config, opts):
     import torch
     from detectron2.modeling import build_model
 
-    from iaunet_d2.engine import build_config
+    from iaunet_d2.config import build_config
 
     torch.manual_seed(0)
     model = build_model(build_config(config, opts, prepare_data=False))

@@ -98,7 +98,7 @@ def get_parser():
 
 def load_config(path, opts):
     """Frozen config of ``path`` with ``opts``, forced onto CPU and random init."""
-    from iaunet_d2.engine.defaults import build_config
+    from iaunet_d2.config import build_config
 
     opts = list(opts) + ["MODEL.DEVICE", "cpu"]
     return build_config(path, opts, prepare_data=False)

@@ -202,7 +202,7 @@ def measure_peak_memory(fn: Callable[[], object], device: str = "cpu") -> Dict[s
 # ----------------------------------------------------------------------------- models
 def load_benchmark_config(config_file: str, opts: Sequence[str] = (), device: str = "cpu"):
     """Frozen config of ``config_file`` + ``opts`` on ``device``, random init."""
-    from iaunet_d2.engine.defaults import build_config
+    from iaunet_d2.config import build_config
 
     base = list(opts) + ["MODEL.DEVICE", device, "MODEL.WEIGHTS", ""]
     return build_config(config_file, base, prepare_data=False)

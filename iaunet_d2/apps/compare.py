@@ -77,7 +77,8 @@ def evaluate_config(path, opts, weights="", train_iters=0, dataset="", output_di
     """Train (optionally) or load, then evaluate one config; returns a table row dict."""
     from detectron2.modeling import build_model
 
-    from iaunet_d2.engine import AtomicCheckpointer, Trainer, build_config
+    from iaunet_d2.config import build_config
+    from iaunet_d2.engine import AtomicCheckpointer, Trainer
     from iaunet_d2.utils.analysis import (
         count_flops_with_paper_convention,
         count_parameters,

@@ -103,7 +103,7 @@ def plan_runs(args):
 
     Raises SystemExit with one line naming the problem on a bad argument.
     """
-    from iaunet_d2.engine import build_config
+    from iaunet_d2.config import build_config
 
     if not args.run:
         raise SystemExit("error: give at least one --run LABEL CONFIG [KEY VALUE ...]")

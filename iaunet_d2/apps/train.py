@@ -28,7 +28,7 @@ from iaunet_d2.engine import (
     AtomicCheckpointer, CheckpointReadError, CheckpointWriteError, Trainer, build_config, launch,
     setup_cfg,
 )
-from iaunet_d2.engine.defaults import ConfigError, PixelStatsError
+from iaunet_d2.config import ConfigError, PixelStatsError
 
 
 class SetupError(Exception):

@@ -8,7 +8,8 @@ from detectron2.data import transforms as T
 from detectron2.modeling import build_model
 
 from ..data.dataset_mappers.cell_instance_mapper import build_cell_augmentations
-from ..engine import AtomicCheckpointer, build_config
+from ..config import build_config
+from ..engine import AtomicCheckpointer
 from ..engine.checkpoint import CheckpointReadError
 from ..engine.checkpoint import WeightsMismatchError as CheckpointMismatch
 from .tiling import TILE_MATCH_IOU, predict_image

@@ -21,7 +21,7 @@ prediction (``INPUT.INTENSITY_NORM``):
   - ``"fixed:LOW,HIGH"``: the same range for every image (e.g. ``"fixed:0,4095"`` for
     12-bit cameras), so a crop and its frame map every pixel identically.
   - ``"dataset"`` (config only): a fixed range measured once on the training images,
-    see :func:`iaunet_d2.engine.defaults.resolve_intensity_norm`.
+    see :func:`iaunet_d2.config.build.resolve_intensity_norm`.
 
   A constant image gives zeros; NaN becomes 0.
 * Grayscale becomes three identical channels, an alpha channel is dropped.
