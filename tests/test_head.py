@@ -186,3 +186,19 @@ def test_retired_keys_in_overrides(warnings):
         build_config(SMALL, ["MODEL.IAUNET.HIDDEN_DIM", "64"], prepare_data=False)
     with pytest.raises(ConfigError, match="NOT_A_KEY"):  # other unknown keys stay errors
         build_config(SMALL, ["MODEL.IAUNET.NOT_A_KEY", "1"], prepare_data=False)
+
+
+def test_head_refuses_decoders_with_different_level_counts():
+    from iaunet_d2.modeling.head import IAUNetHead
+    from iaunet_d2.modeling.pixel_decoder import build_pixel_decoder
+    from iaunet_d2.modeling.transformer_decoder import build_transformer_decoder
+
+    cfg = small_iaunet_cfg()
+    model = build_model(cfg)
+    pixel_decoder = build_pixel_decoder(cfg, model.backbone.output_shape())
+    three_levels = small_iaunet_cfg()
+    three_levels.MODEL.IAUNET.IN_FEATURES = ["res3", "res4", "res5"]
+    decoder = build_transformer_decoder(three_levels, in_channels=pixel_decoder.conv_dim,
+                                        mask_dim=pixel_decoder.mask_dim)
+    with pytest.raises(ValueError, match="pixel decoder has 4 levels, transformer decoder 3"):
+        IAUNetHead(pixel_decoder=pixel_decoder, transformer_decoder=decoder)

@@ -31,6 +31,12 @@ class IAUNetHead(nn.Module):
                 ``transformer_decoder(features, pixel_decoder)``.
         """
         super().__init__()
+        # Checked once here: the transformer decoder has one layer per pixel-decoder level.
+        if pixel_decoder.num_levels != transformer_decoder.num_levels:
+            raise ValueError(
+                f"pixel decoder has {pixel_decoder.num_levels} levels, transformer decoder "
+                f"{transformer_decoder.num_levels}"
+            )
         self.pixel_decoder = pixel_decoder
         self.transformer_decoder = transformer_decoder
 

@@ -303,11 +303,6 @@ class IAUNetTransformerDecoder(nn.Module):
         Returns:
             the output dict described in the class docstring.
         """
-        if pixel_decoder.num_levels != self.num_levels:
-            raise ValueError(
-                f"pixel decoder has {pixel_decoder.num_levels} levels, transformer decoder "
-                f"{self.num_levels}"
-            )
         skips = pixel_decoder.forward_features(features)
         final_size = tuple(skips[-1].shape[-2:])
         n = self.num_queries
