@@ -12,7 +12,8 @@ At each pixel-decoder level (coarse to fine):
    the next level.
 
 Class logits and mask kernels come from the final N queries; masks are the dot product
-of the kernels with the pixel decoder's 1/4-resolution mask embeddings.
+of the kernels with the pixel decoder's 1/4-resolution mask embeddings (or, with the
+dynamic mask head, a per-query MLP over them; see ``mask_heads``).
 """
 import math
 from typing import Dict, List, Optional, Tuple
@@ -29,9 +30,11 @@ from .instance_activation import (
     anchor_location_bias,
     centroid_distance2,
     halton_points,
+    map_centroids,
     point_distance2,
 )
 from .layers import DualPathDecoderLayer, QueryDecoderLayer
+from .mask_heads import DynamicMaskHead
 from .position_encoding import PositionEmbeddingSine
 from .versions import match_checkpoint_version
 
@@ -39,6 +42,7 @@ __all__ = ["IAUNetTransformerDecoder"]
 
 
 _AUX_MASK_FEATURES = ("final", "level")
+_MASK_HEADS = ("linear", "dynamic")
 
 
 @IAUNET_TRANSFORMER_DECODER_REGISTRY.register()
@@ -48,7 +52,8 @@ class IAUNetTransformerDecoder(nn.Module):
     ``forward(features, pixel_decoder)`` returns a dict:
 
     * ``"pred_logits"``: (B, N, num_classes + 1) class logits (last = no object);
-    * ``"pred_masks"``: (B, N, H/4, W/4) mask logits (at the finest level's size);
+    * ``"pred_masks"``: (B, N, H/4, W/4) mask logits (at the finest level's size;
+      (B, N, H/2, W/2) with the dynamic mask head upsampling 2x);
     * ``"activation_maps"``: list over levels (coarse to fine) of (B, N, h_l, w_l)
       activation maps, each map summing to 1 over its pixels;
     * ``"pred_dense"`` (training with a dense head only): (B, 2, H/4, W/4) logits of
@@ -87,6 +92,10 @@ class IAUNetTransformerDecoder(nn.Module):
         anchor_points: bool = False,
         anchor_sigma: float = 1.0,
         center_head: bool = False,
+        mask_head: str = "linear",
+        dynamic_mask_channels: int = 8,
+        dynamic_mask_layers: int = 3,
+        dynamic_mask_upsample: int = 1,
     ):
         """
         Args:
@@ -134,6 +143,12 @@ class IAUNetTransformerDecoder(nn.Module):
                 (``"pred_centers"``), as an offset from its anchor point (the image
                 centre without anchors), for the criterion's centre loss and matching
                 cost; the center prior, if on, is then placed on this centre.
+            mask_head: "linear" (the paper's: each query's kernel dotted with the mask
+                features) or "dynamic" (``mask_heads.DynamicMaskHead``: a per-query MLP
+                over ``dynamic_mask_channels`` projected feature channels and each
+                pixel's offset from the centroid of the query's activation map,
+                ``dynamic_mask_layers`` layers, evaluated on the projected channels
+                upsampled ``dynamic_mask_upsample`` times).
         """
         super().__init__()
         if aux_mask_features not in _AUX_MASK_FEATURES:
@@ -207,14 +222,25 @@ class IAUNetTransformerDecoder(nn.Module):
         else:
             self.center_embed = None
 
+        if mask_head not in _MASK_HEADS:
+            raise ValueError(f"MODEL.IAUNET.MASK_HEAD must be one of {_MASK_HEADS}, got {mask_head!r}")
         self.head_norm = nn.LayerNorm(hidden_dim)
         self.head_fc = nn.Linear(hidden_dim, hidden_dim)
         self.class_embed = nn.Linear(hidden_dim, num_classes + 1)
-        self.kernel_embed = nn.Linear(hidden_dim, mask_dim)
+        if mask_head == "dynamic":
+            self.kernel_embed = None
+            self.dynamic_mask = DynamicMaskHead(
+                hidden_dim, mask_dim, dynamic_mask_channels, dynamic_mask_layers,
+                coord_scale=math.sqrt(num_queries), upsample=dynamic_mask_upsample,
+            )
+        else:
+            self.kernel_embed = nn.Linear(hidden_dim, mask_dim)
+            self.dynamic_mask = None
         if head_init_std > 0:
             for layer in (self.class_embed, self.kernel_embed):
-                nn.init.normal_(layer.weight, std=head_init_std)
-                nn.init.zeros_(layer.bias)
+                if layer is not None:
+                    nn.init.normal_(layer.weight, std=head_init_std)
+                    nn.init.zeros_(layer.bias)
 
     @classmethod
     def from_config(cls, cfg, in_channels: int, mask_dim: int):
@@ -240,6 +266,10 @@ class IAUNetTransformerDecoder(nn.Module):
             "anchor_points": ia.ANCHOR_POINTS,
             "anchor_sigma": ia.ANCHOR_SIGMA,
             "center_head": ia.CENTER_WEIGHT > 0,
+            "mask_head": ia.MASK_HEAD,
+            "dynamic_mask_channels": ia.DYNAMIC_MASK_CHANNELS,
+            "dynamic_mask_layers": ia.DYNAMIC_MASK_LAYERS,
+            "dynamic_mask_upsample": ia.DYNAMIC_MASK_UPSAMPLE,
         }
 
     def _load_from_state_dict(
@@ -271,8 +301,16 @@ class IAUNetTransformerDecoder(nn.Module):
         """
         h = F.relu(self.head_fc(self.head_norm(queries)))
         out = {"pred_logits": self.class_embed(h)}
-        kernels = self.kernel_embed(h)
-        masks = torch.einsum("bnd,bdhw->bnhw", kernels, mask_features)
+        if self.dynamic_mask is not None:
+            if activation_maps is not None:
+                centres = map_centroids(activation_maps)
+            elif self.anchors is not None:
+                centres = self.anchors.weight[None].expand(queries.shape[0], -1, -1)
+            else:
+                centres = queries.new_full((*queries.shape[:2], 2), 0.5)
+            masks = self.dynamic_mask(h, mask_features, centres)
+        else:
+            masks = torch.einsum("bnd,bdhw->bnhw", self.kernel_embed(h), mask_features)
         if self.center_embed is not None:
             reference = (
                 self.anchors.weight.clamp(1e-3, 1 - 1e-3) if self.anchors is not None

@@ -15,6 +15,7 @@ __all__ = [
     "anchor_location_bias",
     "centroid_distance2",
     "halton_points",
+    "map_centroids",
     "point_distance2",
 ]
 
@@ -85,6 +86,17 @@ def anchor_location_bias(anchors: torch.Tensor, size: Tuple[int, int], sigma: fl
         ys[None, :, None] - anchors[:, 1, None, None]
     ) ** 2
     return -d2 / (2 * sigma ** 2)
+
+
+def map_centroids(maps: torch.Tensor) -> torch.Tensor:
+    """Centroid of each map: (B, N, h, w) maps summing to 1 -> (B, N, 2) (x, y) in
+    [0, 1] of the map (pixel centres at (i + 0.5) / size)."""
+    h, w = maps.shape[-2:]
+    ys = (torch.arange(h, device=maps.device, dtype=maps.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=maps.device, dtype=maps.dtype) + 0.5) / w
+    cy = (maps.sum(-1) * ys).sum(-1)
+    cx = (maps.sum(-2) * xs).sum(-1)
+    return torch.stack([cx, cy], dim=-1)
 
 
 def centroid_distance2(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:

@@ -5,7 +5,8 @@ Versions (``IAUNetTransformerDecoder._version``, saved in a state dict's metadat
 1. the paper's decoder: IA queries only, masks from the mask features alone;
 2. a per-slot content embedding added to the IA queries, and the pixels' positional
    embedding added to the mask features;
-3. per-slot anchor points and the center prior, both on by default.
+3. per-slot anchor points and the center prior, both on by default;
+4. the dynamic mask head by default (``MODEL.IAUNET.MASK_HEAD "dynamic"``).
 
 A checkpoint is loaded as it was trained: parts it has no weights for are switched off
 (or, for the content embedding, set to zero, which adds nothing).
@@ -14,6 +15,7 @@ import logging
 from typing import Dict, Optional
 
 import torch
+from torch import nn
 
 __all__ = ["match_checkpoint_version"]
 
@@ -42,6 +44,15 @@ def match_checkpoint_version(decoder, state_dict: Dict, prefix: str, version: Op
         if decoder.center_scale is not None and prefix + "center_scale.weight" not in state_dict:
             decoder.center_scale = None
             dropped.append("center prior")
+    kernel_key = prefix + "kernel_embed.weight"
+    if (version is None or version < 4) and decoder.dynamic_mask is not None \
+            and kernel_key in state_dict:
+        # Trained with the linear head: rebuild it at the checkpoint's width.
+        out_features, in_features = state_dict[kernel_key].shape
+        device = decoder.dynamic_mask.controller.weight.device
+        decoder.dynamic_mask = None
+        decoder.kernel_embed = nn.Linear(in_features, out_features).to(device)
+        dropped.append("the dynamic mask head (its linear kernels restored)")
     if dropped:
         logger.warning(
             "Loading a transformer decoder checkpoint of version %s, trained without %s: "

@@ -1,0 +1,100 @@
+"""Per-query mask heads: how a query's parameters turn the shared mask features into
+its mask logits.
+
+The paper's head is linear: a kernel per query, dotted with the mask features. The
+dynamic head (``MODEL.IAUNET.MASK_HEAD "dynamic"``) is a small per-query MLP over a few
+channels of the mask features plus each pixel's position relative to the query's
+centre, whose weights the query predicts: the mask can then depend on where a pixel is
+with respect to the cell and on the features at once (a boundary counts only where it
+bounds this cell), which a single dot product cannot express.
+"""
+import math
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["DynamicMaskHead", "relative_coordinates"]
+
+
+def relative_coordinates(centres: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Offsets of every pixel centre of a ``size`` grid from each query's centre.
+
+    centres: (B, N, 2) (x, y) in [0, 1] of the grid -> (B, N, 2, H, W) (dx, dy) in
+    units of the grid side.
+    """
+    h, w = size
+    ys = (torch.arange(h, device=centres.device, dtype=centres.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=centres.device, dtype=centres.dtype) + 0.5) / w
+    dx = xs[None, None, None, :] - centres[..., 0, None, None]  # (B, N, 1, W)
+    dy = ys[None, None, :, None] - centres[..., 1, None, None]  # (B, N, H, 1)
+    return torch.stack([dx.expand(-1, -1, h, -1), dy.expand(-1, -1, -1, w)], dim=2)
+
+
+class DynamicMaskHead(nn.Module):
+    """Mask logits from a per-query MLP whose weights are predicted from the query.
+
+    The MLP sees, at every pixel, ``channels`` channels projected from the mask
+    features and the pixel's (dx, dy) from the query's centre, scaled by
+    ``coord_scale`` (the anchor density sqrt(N), so that offsets are in units of the
+    typical distance between cells); ``num_layers`` layers of width ``channels`` with
+    ReLU between them, one output channel. With ``upsample`` > 1 the projected
+    channels are upsampled bilinearly first and the MLP runs on the finer grid, so that
+    its non-linearity places mask borders between the mask features' pixels.
+    """
+
+    def __init__(self, hidden_dim: int, mask_dim: int, channels: int = 8, num_layers: int = 3,
+                 coord_scale: float = 1.0, upsample: int = 1):
+        super().__init__()
+        if channels < 1 or num_layers < 1:
+            raise ValueError(
+                f"the dynamic mask head needs channels >= 1 and layers >= 1, got "
+                f"{channels} channels and {num_layers} layers"
+            )
+        if upsample < 1:
+            raise ValueError(f"the dynamic mask head's upsampling must be >= 1, got {upsample}")
+        self.upsample = upsample
+        self.channels = channels
+        self.coord_scale = coord_scale
+        self.project = nn.Conv2d(mask_dim, channels, kernel_size=1)
+        # (in, out) of each layer: the first reads the features and the 2 offsets.
+        widths = [channels + 2] + [channels] * (num_layers - 1) + [1]
+        self.shapes: List[Tuple[int, int]] = list(zip(widths[:-1], widths[1:]))
+        self.num_params = sum(i * o + o for i, o in self.shapes)
+        self.controller = nn.Linear(hidden_dim, self.num_params)
+        # Generated weights of about He scale for every layer (the controller's input,
+        # a ReLU of a layer norm, has entries of order 1), zero generated biases.
+        nn.init.normal_(self.controller.weight, std=1.0 / math.sqrt(hidden_dim * (channels + 2)))
+        nn.init.zeros_(self.controller.bias)
+
+    def forward(self, queries: torch.Tensor, mask_features: torch.Tensor,
+                centres: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            queries: (B, N, hidden_dim) the head's input per query.
+            mask_features: (B, mask_dim, H, W).
+            centres: (B, N, 2) (x, y) in [0, 1] of the mask grid.
+        Returns:
+            (B, N, H * upsample, W * upsample) mask logits.
+        """
+        b, n = queries.shape[:2]
+        params = self.controller(queries)  # (B, N, num_params)
+        feats = self.project(mask_features)
+        if self.upsample > 1:
+            feats = F.interpolate(feats, scale_factor=self.upsample, mode="bilinear",
+                                  align_corners=False)
+        h, w = feats.shape[-2:]
+        feats = feats.flatten(2)  # (B, C, HW)
+        offsets = relative_coordinates(centres, (h, w)).flatten(3) * self.coord_scale
+        x = torch.cat([feats[:, None].expand(-1, n, -1, -1), offsets.to(feats.dtype)], dim=2)
+        start = 0
+        for i, (fan_in, fan_out) in enumerate(self.shapes):
+            weight = params[..., start:start + fan_in * fan_out].view(b, n, fan_out, fan_in)
+            start += fan_in * fan_out
+            bias = params[..., start:start + fan_out]
+            start += fan_out
+            x = torch.einsum("bnoi,bnip->bnop", weight, x) + bias[..., None]
+            if i < len(self.shapes) - 1:
+                x = torch.relu(x)
+        return x.view(b, n, h, w)
