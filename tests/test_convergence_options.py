@@ -48,8 +48,9 @@ def test_final_aux_masks_use_the_shared_mask_features():
     1/4 mask features, so it is sharp: its logits vary at the finest scale, while
     level-0 "level" masks are upsampled 1/32 maps (8x8 blocks of near-constant value)."""
     torch.manual_seed(0)
-    final_cfg = small_iaunet_cfg(DEEP_SUPERVISION=True, AUX_MASK_FEATURES="final")
-    level_cfg = small_iaunet_cfg(DEEP_SUPERVISION=True, AUX_MASK_FEATURES="level")
+    linear = dict(DEEP_SUPERVISION=True, MASK_HEAD="linear")
+    final_cfg = small_iaunet_cfg(AUX_MASK_FEATURES="final", **linear)
+    level_cfg = small_iaunet_cfg(AUX_MASK_FEATURES="level", **linear)
     _, final_out = _decoder_outputs(final_cfg)
     torch.manual_seed(0)
     _, level_out = _decoder_outputs(level_cfg)
@@ -94,14 +95,15 @@ def test_content_embedding_is_added_to_every_level_ia_queries():
 
 
 def test_head_init_std_starts_masks_undecided():
-    cfg = small_iaunet_cfg(HEAD_INIT_STD=0.01)
+    cfg = small_iaunet_cfg(HEAD_INIT_STD=0.01, MASK_HEAD="linear")
     decoder = small_transformer_decoder(cfg)
     for layer in (decoder.class_embed, decoder.kernel_embed):
         assert layer.weight.std().item() == pytest.approx(0.01, rel=0.2)
         assert torch.count_nonzero(layer.bias) == 0
     # Initial mask logits: near 0 (undecided), not PyTorch's default init's large values.
     torch.manual_seed(0)
-    plain = dict(MASK_FEATURE_POS=False, CENTER_PRIOR=False)  # the kernels' dot product only
+    # The kernels' dot product only.
+    plain = dict(MASK_FEATURE_POS=False, CENTER_PRIOR=False, MASK_HEAD="linear", ANCHOR_SIGMA=1.0)
     _, small = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.01, **plain), False)
     torch.manual_seed(0)
     _, default = _decoder_outputs(small_iaunet_cfg(HEAD_INIT_STD=0.0, **plain), False)
@@ -109,7 +111,7 @@ def test_head_init_std_starts_masks_undecided():
 
 
 def test_mask_feature_pos_adds_the_unnormalised_sine_embedding():
-    cfg = small_iaunet_cfg(MASK_DIM=32, MASK_FEATURE_POS=True)
+    cfg = small_iaunet_cfg(MASK_DIM=32, MASK_FEATURE_POS=True, MASK_HEAD="linear")
     torch.manual_seed(0)
     model, out = _decoder_outputs(cfg, train=False)
     decoder = model.head.transformer_decoder
@@ -247,17 +249,23 @@ def test_dense_loss_trains_with_the_model_and_is_absent_at_inference():
     assert "pred_dense" not in out
 
 
-@pytest.mark.parametrize("version", [1, 2])
+@pytest.mark.parametrize("version", [1, 2, 3])
 def test_a_checkpoint_of_an_earlier_decoder_loads_and_predicts_as_trained(tmp_path, version):
-    """A version-1 checkpoint (the paper's decoder: no content embedding, no mask
-    positional features) and a version-2 one (no anchor points, no center prior) load
-    strictly into a model built with today's defaults and give the same masks."""
+    """Checkpoints of earlier decoder versions load strictly into a model built with
+    today's defaults and give the same masks: version 1 (the paper's decoder: no content
+    embedding, no mask positional features), 2 (no anchor points, no center prior) and
+    3 (anchors with the then default width 1.0, center prior on), all linear heads."""
     torch.manual_seed(0)
-    earlier = dict(ANCHOR_POINTS=False, CENTER_PRIOR=False, MASK_DIM=32)
+    if version == 3:
+        earlier = dict(ANCHOR_POINTS=True, ANCHOR_SIGMA=1.0, CENTER_PRIOR=True)
+    else:
+        earlier = dict(ANCHOR_POINTS=False, CENTER_PRIOR=False)
+    earlier.update(MASK_DIM=32, MASK_HEAD="linear")
     if version == 1:
         earlier.update(QUERY_CONTENT_EMBED=False, MASK_FEATURE_POS=False)
     old = build_model(small_iaunet_cfg(**earlier)).eval()
     state = old.state_dict()
+    state.pop("head.transformer_decoder.anchor_sigma", None)  # not saved before version 4
     state._metadata["head.transformer_decoder"]["version"] = version
     path = tmp_path / "old.pth"
     torch.save({"model": state}, path)
@@ -265,11 +273,16 @@ def test_a_checkpoint_of_an_earlier_decoder_loads_and_predicts_as_trained(tmp_pa
     new = build_model(small_iaunet_cfg(MASK_DIM=32)).eval()
     decoder = new.head.transformer_decoder
     assert decoder.mask_pe is not None and decoder.anchors is not None
-    assert decoder.center_scale is not None
+    assert decoder.center_scale is None and decoder.dynamic_mask is not None
+    assert float(decoder.anchor_sigma) == pytest.approx(0.5 / math.sqrt(6))
     from iaunet_d2.engine import AtomicCheckpointer
 
     AtomicCheckpointer(new).load_weights(str(path))  # strict: raises on any mismatch
-    assert decoder.anchors is None and decoder.center_scale is None
+    assert decoder.dynamic_mask is None and decoder.kernel_embed is not None
+    assert (decoder.anchors is None) == (version < 3)
+    assert (decoder.center_scale is None) == (version < 3)
+    if version == 3:
+        assert float(decoder.anchor_sigma) == pytest.approx(1.0 / math.sqrt(6))
     assert (decoder.mask_pe is None) == (version == 1)
     if version == 1:
         assert torch.count_nonzero(decoder.query_content.weight) == 0
@@ -278,8 +291,10 @@ def test_a_checkpoint_of_an_earlier_decoder_loads_and_predicts_as_trained(tmp_pa
         outs = [m.head(m.backbone(m.preprocess_image(batch).tensor))
                 for m in (old, new)]
     assert torch.allclose(outs[0]["pred_masks"], outs[1]["pred_masks"], atol=1e-5)
-    # Today's checkpoints carry version 3 and load unchanged.
-    assert new.state_dict()._metadata["head.transformer_decoder"]["version"] == 3
+    # Today's checkpoints carry version 4 and the anchor width.
+    saved = new.state_dict()
+    assert saved._metadata["head.transformer_decoder"]["version"] == 4
+    assert ("head.transformer_decoder.anchor_sigma" in saved) == (version == 3)
 
 
 def test_centroid_distance_is_measured_from_each_map_centre_of_mass():
@@ -298,7 +313,7 @@ def test_centroid_distance_is_measured_from_each_map_centre_of_mass():
 
 def test_center_prior_lowers_logits_away_from_the_activation_centroid():
     torch.manual_seed(0)
-    cfg = small_iaunet_cfg(CENTER_PRIOR=True, DEEP_SUPERVISION=True)
+    cfg = small_iaunet_cfg(CENTER_PRIOR=True, DEEP_SUPERVISION=True, MASK_HEAD="linear")
     model, out = _decoder_outputs(cfg)
     decoder = model.head.transformer_decoder
     assert decoder.center_scale is not None

@@ -25,7 +25,8 @@ def _model(**overrides):
     # covers the whole image (those are never detections), so every query reaches the
     # output of both paths.
     cfg = small_iaunet_cfg(NUM_QUERIES=12, HEAD_INIT_STD=0.0, MASK_FEATURE_POS=False,
-                           QUERY_CONTENT_EMBED=False)
+                           QUERY_CONTENT_EMBED=False, MASK_HEAD="linear",
+                           ANCHOR_SIGMA=1.0, CENTER_PRIOR=True)
     cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.0  # every query reaches NMS and the output
     cfg.MODEL.IAUNET.TEST.NMS_IOU = 1.0  # nothing suppressed: all queries comparable
     cfg.TEST.DETECTIONS_PER_IMAGE = 12

@@ -59,7 +59,7 @@ def test_head_builds_the_transformer_decoder_at_the_pixel_decoder_widths():
     decoder = head.transformer_decoder
     assert decoder.hidden_dim == 64 and decoder.mask_dim == 24
     assert decoder.ia_layers[0].conv.in_channels == 64
-    assert decoder.kernel_embed.out_features == 24
+    assert decoder.dynamic_mask.project.in_channels == 24
     model = build_model(cfg)
     assert isinstance(model.head, IAUNetHead)
     children = [name for name, _ in model.head.named_children()]
@@ -143,7 +143,8 @@ def test_decoder_output_shapes(size, train, deep_supervision):
         assert tuple(images.tensor.shape) == (2, 3, hp, wp)
         out = model.head(model.backbone(images.tensor))
     assert out["pred_logits"].shape == (2, 6, 2)
-    assert out["pred_masks"].shape == (2, 6, hp // 4, wp // 4)
+    # The dynamic mask head (default) predicts on the 1/4 mask features upsampled 2x.
+    assert out["pred_masks"].shape == (2, 6, hp // 2, wp // 2)
     assert len(out["activation_maps"]) == 4
     for maps, stride in zip(out["activation_maps"], STRIDES):
         assert maps.shape == (2, 6, hp // stride, wp // stride)
@@ -153,7 +154,7 @@ def test_decoder_output_shapes(size, train, deep_supervision):
     assert len(out["aux_outputs"]) == (3 if deep_supervision and train else 0)
     for aux in out["aux_outputs"]:
         assert aux["pred_logits"].shape == (2, 6, 2)
-        assert aux["pred_masks"].shape == (2, 6, hp // 4, wp // 4)
+        assert aux["pred_masks"].shape == (2, 6, hp // 2, wp // 2)
 
 
 # ------------------------------------------------------------------ training
@@ -242,7 +243,8 @@ def test_targets_are_padded_to_batch_size():
 
 
 def test_inference_returns_instances_at_original_size():
-    cfg = small_iaunet_cfg()
+    # The linear head: an untrained dynamic head's masks are all empty or all full.
+    cfg = small_iaunet_cfg(MASK_HEAD="linear")
     cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.0  # a random model: keep whatever it finds
     model = _build(cfg, train=False)
     batch = synthetic_batch([(72, 100), (64, 64)], [2, 2], output_sizes=[(144, 200), (50, 40)])

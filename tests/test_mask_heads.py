@@ -82,7 +82,8 @@ def test_dynamic_head_rejects_empty_layers():
 
 
 def test_decoder_with_dynamic_head_predicts_masks_and_learns_from_them():
-    cfg = small_iaunet_cfg(MASK_HEAD="dynamic", DYNAMIC_MASK_CHANNELS=4, DYNAMIC_MASK_LAYERS=2)
+    cfg = small_iaunet_cfg(MASK_HEAD="dynamic", DYNAMIC_MASK_CHANNELS=4, DYNAMIC_MASK_LAYERS=2,
+                           DYNAMIC_MASK_UPSAMPLE=1)
     model = build_model(cfg)
     decoder = model.head.transformer_decoder
     assert decoder.kernel_embed is None and decoder.dynamic_mask is not None

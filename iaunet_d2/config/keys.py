@@ -106,21 +106,21 @@ def add_iaunet_config(cfg):
     # Add the sine positional embedding of the pixels to the final mask features.
     cfg.MODEL.IAUNET.MASK_FEATURE_POS = True
     # Location prior on each mask around its query's activation-map centroid.
-    cfg.MODEL.IAUNET.CENTER_PRIOR = True
+    cfg.MODEL.IAUNET.CENTER_PRIOR = False
     # A learned anchor point per query slot with a Gaussian prior around it on the IA
     # logits (ANCHOR_SIGMA: its std in units of the anchor spacing, 1/sqrt(NUM_QUERIES)).
     cfg.MODEL.IAUNET.ANCHOR_POINTS = True
-    cfg.MODEL.IAUNET.ANCHOR_SIGMA = 1.0
+    cfg.MODEL.IAUNET.ANCHOR_SIGMA = 0.5
     # How a query's head turns the mask features into its mask: "linear" (the paper's
     # kernel dot product) or "dynamic" (a per-query MLP over DYNAMIC_MASK_CHANNELS
     # projected feature channels and the pixel's offset from the query's activation-map
     # centroid, DYNAMIC_MASK_LAYERS layers, weights predicted from the query).
-    cfg.MODEL.IAUNET.MASK_HEAD = "linear"
+    cfg.MODEL.IAUNET.MASK_HEAD = "dynamic"
     cfg.MODEL.IAUNET.DYNAMIC_MASK_CHANNELS = 8
     cfg.MODEL.IAUNET.DYNAMIC_MASK_LAYERS = 3
     # The dynamic head runs on its projected channels upsampled by this factor (masks
     # at 1/2 of the input for 2): sharper borders of small cells.
-    cfg.MODEL.IAUNET.DYNAMIC_MASK_UPSAMPLE = 1
+    cfg.MODEL.IAUNET.DYNAMIC_MASK_UPSAMPLE = 2
     # Criterion and matcher
     cfg.MODEL.IAUNET.CLASS_WEIGHT = 1.0
     cfg.MODEL.IAUNET.DICE_WEIGHT = 2.0

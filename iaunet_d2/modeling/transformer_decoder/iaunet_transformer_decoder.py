@@ -64,9 +64,10 @@ class IAUNetTransformerDecoder(nn.Module):
     """
 
     # 2: per-slot content embedding and mask positional features; 3: anchor points and
-    # the center prior on by default (see _load_from_state_dict for how older
+    # the center prior on by default; 4: the dynamic mask head by default, the center
+    # prior off, the anchor prior's width saved (see versions.py for how older
     # checkpoints load).
-    _version = 3
+    _version = 4
 
     @configurable
     def __init__(
@@ -202,9 +203,13 @@ class IAUNetTransformerDecoder(nn.Module):
             self.anchors = nn.Embedding(num_queries, 2)
             with torch.no_grad():
                 self.anchors.weight.copy_(halton_points(num_queries))
-            self.anchor_sigma = anchor_sigma / math.sqrt(num_queries)
+            # Saved with the weights: the anchors and the maps were learned for this width.
+            self.register_buffer(
+                "anchor_sigma", torch.tensor(anchor_sigma / math.sqrt(num_queries))
+            )
         else:
             self.anchors = None
+            self.anchor_sigma = None
 
         if center_prior:
             self.center_scale = nn.Linear(hidden_dim, 1)
@@ -342,7 +347,6 @@ class IAUNetTransformerDecoder(nn.Module):
             the output dict described in the class docstring.
         """
         skips = pixel_decoder.forward_features(features)
-        final_size = tuple(skips[-1].shape[-2:])
         n = self.num_queries
         k = self.query_layers_per_level
         supervise = self.deep_supervision and self.training
@@ -408,7 +412,8 @@ class IAUNetTransformerDecoder(nn.Module):
             aux = (
                 self.predict(q, mask_features, activation_maps=a)
                 if self.aux_mask_features == "final"
-                else self.predict(q, pixel_decoder.mask_features(m), final_size, activation_maps=a)
+                else self.predict(q, pixel_decoder.mask_features(m), out["pred_masks"].shape[-2:],
+                                  activation_maps=a)
             )
             aux["activation_maps"] = [a]  # the maps of the level that made these queries
             out["aux_outputs"].append(aux)

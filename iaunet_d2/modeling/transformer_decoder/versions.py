@@ -6,12 +6,14 @@ Versions (``IAUNetTransformerDecoder._version``, saved in a state dict's metadat
 2. a per-slot content embedding added to the IA queries, and the pixels' positional
    embedding added to the mask features;
 3. per-slot anchor points and the center prior, both on by default;
-4. the dynamic mask head by default (``MODEL.IAUNET.MASK_HEAD "dynamic"``).
+4. the dynamic mask head by default (``MODEL.IAUNET.MASK_HEAD "dynamic"``), the
+   center prior off by default, and the anchor prior's width (``anchor_sigma``) saved.
 
 A checkpoint is loaded as it was trained: parts it has no weights for are switched off
 (or, for the content embedding, set to zero, which adds nothing).
 """
 import logging
+import math
 from typing import Dict, Optional
 
 import torch
@@ -40,10 +42,32 @@ def match_checkpoint_version(decoder, state_dict: Dict, prefix: str, version: Op
     if version is None or version < 3:
         if decoder.anchors is not None and prefix + "anchors.weight" not in state_dict:
             decoder.anchors = None
+            decoder.anchor_sigma = None  # a buffer: None leaves the state dict
             dropped.append("anchor points")
         if decoder.center_scale is not None and prefix + "center_scale.weight" not in state_dict:
             decoder.center_scale = None
             dropped.append("center prior")
+    if version is None or version < 4:
+        sigma_key = prefix + "anchor_sigma"
+        if decoder.anchors is not None and sigma_key not in state_dict:
+            # Earlier versions did not save it; they all trained with ANCHOR_SIGMA 1.0.
+            state_dict[sigma_key] = torch.tensor(1.0 / math.sqrt(decoder.num_queries))
+            if not math.isclose(float(decoder.anchor_sigma), float(state_dict[sigma_key])):
+                logger.warning(
+                    "The transformer decoder checkpoint (version %s) predates saved anchor "
+                    "widths: its anchor prior is taken as trained with ANCHOR_SIGMA 1.0.",
+                    version,
+                )
+        scale_key = prefix + "center_scale.weight"
+        if decoder.center_scale is None and scale_key in state_dict:
+            # Trained with the center prior (on by default in version 3): keep it.
+            decoder.center_scale = nn.Linear(state_dict[scale_key].shape[1], 1).to(
+                decoder.head_fc.weight.device
+            )
+            logger.warning(
+                "The transformer decoder checkpoint (version %s) was trained with the "
+                "center prior: switched on, as it was trained.", version,
+            )
     kernel_key = prefix + "kernel_embed.weight"
     if (version is None or version < 4) and decoder.dynamic_mask is not None \
             and kernel_key in state_dict:
