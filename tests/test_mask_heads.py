@@ -7,20 +7,14 @@ from detectron2.modeling import build_model
 from iaunet_test_utils import small_iaunet_cfg, synthetic_batch
 
 from iaunet_d2.modeling.transformer_decoder.instance_activation import map_centroids
-from iaunet_d2.modeling.transformer_decoder.mask_heads import (
-    DynamicMaskHead,
-    relative_coordinates,
-)
+from iaunet_d2.modeling.transformer_decoder.mask_heads import DynamicMaskHead, pixel_centres
 
 
-def test_relative_coordinates_are_offsets_of_pixel_centres():
-    centres = torch.tensor([[[0.5, 0.25]]])  # (B=1, N=1, 2) as (x, y)
-    rel = relative_coordinates(centres, (2, 4))  # (1, 1, 2, 2, 4)
-    assert rel.shape == (1, 1, 2, 2, 4)
-    # Pixel centres: x = 0.125, 0.375, 0.625, 0.875; y = 0.25, 0.75.
-    assert torch.allclose(rel[0, 0, 0, 0], torch.tensor([-0.375, -0.125, 0.125, 0.375]))
-    assert torch.allclose(rel[0, 0, 0, 1], rel[0, 0, 0, 0])
-    assert torch.allclose(rel[0, 0, 1, :, 2], torch.tensor([0.0, 0.5]))
+def test_pixel_centres_are_row_major_in_the_unit_square():
+    grid = pixel_centres((2, 4), torch.zeros(1))
+    # x = 0.125, 0.375, 0.625, 0.875 on both rows; y = 0.25 then 0.75.
+    assert torch.allclose(grid[0], torch.tensor([0.125, 0.375, 0.625, 0.875] * 2))
+    assert torch.allclose(grid[1], torch.tensor([0.25] * 4 + [0.75] * 4))
 
 
 def test_map_centroids_of_one_hot_and_split_maps():
@@ -42,11 +36,10 @@ def _reference_masks(head, queries, mask_features, centres):
     for i in range(b):
         for q in range(n):
             params = head.controller(queries[i, q])
-            x = torch.cat([
-                feats[i].flatten(1),
-                relative_coordinates(centres[i:i + 1, q:q + 1], (h, w))[0, 0].flatten(1)
-                * head.coord_scale,
-            ])  # (C + 2, HW)
+            ys, xs = torch.meshgrid((torch.arange(h) + 0.5) / h, (torch.arange(w) + 0.5) / w,
+                                    indexing="ij")
+            offsets = torch.stack([xs - centres[i, q, 0], ys - centres[i, q, 1]])  # (2, h, w)
+            x = torch.cat([feats[i].flatten(1), offsets.flatten(1) * head.coord_scale])
             start = 0
             for k, (fan_in, fan_out) in enumerate(head.shapes):
                 weight = params[start:start + fan_in * fan_out].view(fan_out, fan_in)

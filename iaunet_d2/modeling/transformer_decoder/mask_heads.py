@@ -15,21 +15,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["DynamicMaskHead", "relative_coordinates"]
+__all__ = ["DynamicMaskHead", "pixel_centres"]
 
 
-def relative_coordinates(centres: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Offsets of every pixel centre of a ``size`` grid from each query's centre.
-
-    centres: (B, N, 2) (x, y) in [0, 1] of the grid -> (B, N, 2, H, W) (dx, dy) in
-    units of the grid side.
-    """
+def pixel_centres(size: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
+    """(2, H*W) (x, y) of the pixel centres of a ``size`` grid in [0, 1], row-major."""
     h, w = size
-    ys = (torch.arange(h, device=centres.device, dtype=centres.dtype) + 0.5) / h
-    xs = (torch.arange(w, device=centres.device, dtype=centres.dtype) + 0.5) / w
-    dx = xs[None, None, None, :] - centres[..., 0, None, None]  # (B, N, 1, W)
-    dy = ys[None, None, :, None] - centres[..., 1, None, None]  # (B, N, H, 1)
-    return torch.stack([dx.expand(-1, -1, h, -1), dy.expand(-1, -1, -1, w)], dim=2)
+    ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) / h
+    xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) / w
+    return torch.stack([xs.repeat(h), ys.repeat_interleave(w)])
 
 
 class DynamicMaskHead(nn.Module):
@@ -85,16 +79,28 @@ class DynamicMaskHead(nn.Module):
             feats = F.interpolate(feats, scale_factor=self.upsample, mode="bilinear",
                                   align_corners=False)
         h, w = feats.shape[-2:]
-        feats = feats.flatten(2)  # (B, C, HW)
-        offsets = relative_coordinates(centres, (h, w)).flatten(3) * self.coord_scale
-        x = torch.cat([feats[:, None].expand(-1, n, -1, -1), offsets.to(feats.dtype)], dim=2)
+        # The first layer reads [features; (pixel - centre) * scale]. Its offset part is
+        # linear, W_r (p - c) = W_r p - W_r c, so it runs on the shared pixel
+        # coordinates with the centre moved into the bias: no per-query copy of the
+        # inputs, which at 1/2 resolution and 100 queries would be the largest tensor.
+        grid = pixel_centres((h, w), feats) * self.coord_scale  # (2, HW)
+        x = torch.cat([feats.flatten(2), grid.expand(b, -1, -1)], dim=1)  # (B, C + 2, HW)
         start = 0
         for i, (fan_in, fan_out) in enumerate(self.shapes):
             weight = params[..., start:start + fan_in * fan_out].view(b, n, fan_out, fan_in)
             start += fan_in * fan_out
             bias = params[..., start:start + fan_out]
             start += fan_out
-            x = torch.einsum("bnoi,bnip->bnop", weight, x) + bias[..., None]
+            if i == 0:
+                centre = centres.to(weight.dtype) * self.coord_scale  # (B, N, 2)
+                bias = bias - (weight[..., -2:] @ centre[..., None])[..., 0]
+                # All queries of an image at once: (B, N*O, I) @ (B, I, HW).
+                x = torch.bmm(weight.reshape(b, n * fan_out, fan_in), x)
+                x = x.view(b * n, fan_out, -1)
+            else:
+                x = torch.bmm(weight.reshape(b * n, fan_out, fan_in), x)
+            # In place: the head's largest tensors (bmm's backward needs not its output).
+            x += bias.reshape(b * n, fan_out, 1)
             if i < len(self.shapes) - 1:
-                x = torch.relu(x)
+                x = torch.relu_(x)
         return x.view(b, n, h, w)
