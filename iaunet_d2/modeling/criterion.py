@@ -284,16 +284,14 @@ class IAUNetSetCriterion(nn.Module):
         for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
             if pred_idx.numel() == 0:
                 continue
-            # The matched targets, gathered once for all levels: (K, 1, H, W).
-            matched = target["masks"][tgt_idx.to(target["masks"].device)][:, None].float()
-            for maps in activation_maps:
-                level_maps = maps[b][pred_idx.to(maps.device)]  # (K, h, w)
-                # Fraction of each map pixel covered by the target (exact average pooling:
-                # the padded input size is a multiple of every level's stride).
-                cover = F.adaptive_avg_pool2d(matched, level_maps.shape[-2:])[:, 0]
-                mass = (level_maps.float() * cover.to(level_maps.device)).flatten(1).sum(1)
-                total = total - torch.log(mass.clamp(min=1e-6)).sum()
-        return total / (num_masks * len(activation_maps))
+            matched = target["masks"][tgt_idx.to(target["masks"].device)]  # (K, H, W)
+            # The matcher's activation cost of the K matched pairs (the diagonal): the
+            # same quantity, with gradients.
+            cost = self.matcher.activation_cost(
+                [maps[b][pred_idx.to(maps.device)] for maps in activation_maps], matched
+            )  # (K, K)
+            total = total + cost.diagonal().sum()
+        return total / num_masks
 
     dense_targets = staticmethod(dense_targets)
 
