@@ -27,6 +27,8 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.projects.point_rend.point_features import point_sample
 
+from .transformer_decoder.instance_activation import map_centroids
+
 __all__ = [
     "HungarianMatcher",
     "sample_pixel_centers",
@@ -89,13 +91,9 @@ def mask_centroids(masks: torch.Tensor) -> torch.Tensor:
         centres at (i + 0.5) / size); the grid centre for an empty mask.
     """
     m = masks.float()
-    height, width = m.shape[-2:]
-    xs = (torch.arange(width, device=m.device, dtype=m.dtype) + 0.5) / width
-    ys = (torch.arange(height, device=m.device, dtype=m.dtype) + 0.5) / height
     area = m.sum((1, 2))
-    cx = (m.sum(1) * xs).sum(1) / area.clamp(min=1)
-    cy = (m.sum(2) * ys).sum(1) / area.clamp(min=1)
-    centres = torch.stack([cx, cy], dim=1)
+    # A mask divided by its area is a map summing to 1.
+    centres = map_centroids((m / area.clamp(min=1)[:, None, None])[None])[0]
     return torch.where(area[:, None] > 0, centres, torch.full_like(centres, 0.5))
 
 

@@ -28,7 +28,6 @@ from .build import IAUNET_TRANSFORMER_DECODER_REGISTRY
 from .instance_activation import (
     InstanceActivation,
     anchor_location_bias,
-    centroid_distance2,
     halton_points,
     map_centroids,
     point_distance2,
@@ -306,9 +305,11 @@ class IAUNetTransformerDecoder(nn.Module):
         """
         h = F.relu(self.head_fc(self.head_norm(queries)))
         out = {"pred_logits": self.class_embed(h)}
+        # The maps' centroids: the dynamic head's reference point and the center prior's.
+        centroids = map_centroids(activation_maps) if activation_maps is not None else None
         if self.dynamic_mask is not None:
-            if activation_maps is not None:
-                centres = map_centroids(activation_maps)
+            if centroids is not None:
+                centres = centroids
             elif self.anchors is not None:
                 centres = self.anchors.weight[None].expand(queries.shape[0], -1, -1)
             else:
@@ -325,8 +326,8 @@ class IAUNetTransformerDecoder(nn.Module):
         if self.center_scale is not None:
             if "pred_centers" in out:
                 distance2 = point_distance2(out["pred_centers"], masks.shape[-2:])
-            elif activation_maps is not None:
-                distance2 = centroid_distance2(activation_maps, masks.shape[-2:])
+            elif centroids is not None:
+                distance2 = point_distance2(centroids, masks.shape[-2:])
             else:
                 distance2 = None
             if distance2 is not None:

@@ -16,6 +16,7 @@ __all__ = [
     "centroid_distance2",
     "halton_points",
     "map_centroids",
+    "pixel_centre_coords",
     "point_distance2",
 ]
 
@@ -73,15 +74,20 @@ def halton_points(n: int) -> torch.Tensor:
     )
 
 
+def pixel_centre_coords(n: int, like: torch.Tensor) -> torch.Tensor:
+    """(n,) centres of n pixels along one axis, (i + 0.5) / n in [0, 1], on ``like``'s
+    device and dtype: the coordinate frame of every location helper here."""
+    return (torch.arange(n, device=like.device, dtype=like.dtype) + 0.5) / n
+
+
 def anchor_location_bias(anchors: torch.Tensor, size: Tuple[int, int], sigma: float) -> torch.Tensor:
     """Gaussian log-prior of each anchor on a ``size`` grid.
 
     ``-|p - a|^2 / (2 sigma^2)`` with pixel centres p and anchors a in [0, 1]^2
     coordinates of the map (x, y order). anchors: (N, 2) -> (N, size[0], size[1]).
     """
-    h, w = size
-    ys = (torch.arange(h, device=anchors.device, dtype=anchors.dtype) + 0.5) / h
-    xs = (torch.arange(w, device=anchors.device, dtype=anchors.dtype) + 0.5) / w
+    ys = pixel_centre_coords(size[0], anchors)
+    xs = pixel_centre_coords(size[1], anchors)
     d2 = (xs[None, None, :] - anchors[:, 0, None, None]) ** 2 + (
         ys[None, :, None] - anchors[:, 1, None, None]
     ) ** 2
@@ -92,39 +98,28 @@ def map_centroids(maps: torch.Tensor) -> torch.Tensor:
     """Centroid of each map: (B, N, h, w) maps summing to 1 -> (B, N, 2) (x, y) in
     [0, 1] of the map (pixel centres at (i + 0.5) / size)."""
     h, w = maps.shape[-2:]
-    ys = (torch.arange(h, device=maps.device, dtype=maps.dtype) + 0.5) / h
-    xs = (torch.arange(w, device=maps.device, dtype=maps.dtype) + 0.5) / w
-    cy = (maps.sum(-1) * ys).sum(-1)
-    cx = (maps.sum(-2) * xs).sum(-1)
+    cy = (maps.sum(-1) * pixel_centre_coords(h, maps)).sum(-1)
+    cx = (maps.sum(-2) * pixel_centre_coords(w, maps)).sum(-1)
     return torch.stack([cx, cy], dim=-1)
 
 
-def centroid_distance2(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Squared distance of every pixel of a ``size`` grid from each map's centroid.
-
-    Coordinates are pixel centres normalised to [-1, 1] on both grids, so maps of any
-    level's resolution place their centroid on the mask grid consistently.
-    maps: (B, N, h, w), each summing to 1 -> (B, N, size[0], size[1]).
-    """
-    def centres(n, ref):
-        return (torch.arange(n, device=ref.device, dtype=ref.dtype) + 0.5) / n * 2 - 1
-
-    h, w = maps.shape[-2:]
-    cy = (maps.sum(-1) * centres(h, maps)).sum(-1)  # (B, N)
-    cx = (maps.sum(-2) * centres(w, maps)).sum(-1)
-    ys, xs = centres(size[0], maps), centres(size[1], maps)
-    return (ys[:, None] - cy[..., None, None]) ** 2 + (xs[None, :] - cx[..., None, None]) ** 2
-
-
 def point_distance2(points: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Squared distance of every pixel of a ``size`` grid from each point, in the
-    [-1, 1] frame of ``centroid_distance2``.
+    """Squared distance of every pixel of a ``size`` grid from each point, in a frame
+    normalised to [-1, 1] on both axes (so that distances are comparable for maps of
+    any level's resolution).
 
     points: (B, N, 2) (x, y) in [0, 1] of the image -> (B, N, size[0], size[1]).
     """
-    def centres(n):
-        return (torch.arange(n, device=points.device, dtype=points.dtype) + 0.5) / n * 2 - 1
-
     p = points * 2 - 1
-    ys, xs = centres(size[0]), centres(size[1])
+    ys = pixel_centre_coords(size[0], points) * 2 - 1
+    xs = pixel_centre_coords(size[1], points) * 2 - 1
     return (ys[:, None] - p[..., 1, None, None]) ** 2 + (xs[None, :] - p[..., 0, None, None]) ** 2
+
+
+def centroid_distance2(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
+    """Squared distance of every pixel of a ``size`` grid from each map's centroid, in
+    the frame of ``point_distance2``.
+
+    maps: (B, N, h, w), each summing to 1 -> (B, N, size[0], size[1]).
+    """
+    return point_distance2(map_centroids(maps), size)

@@ -15,15 +15,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .instance_activation import pixel_centre_coords
+
 __all__ = ["DynamicMaskHead", "pixel_centres"]
 
 
 def pixel_centres(size: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
     """(2, H*W) (x, y) of the pixel centres of a ``size`` grid in [0, 1], row-major."""
     h, w = size
-    ys = (torch.arange(h, device=like.device, dtype=like.dtype) + 0.5) / h
-    xs = (torch.arange(w, device=like.device, dtype=like.dtype) + 0.5) / w
-    return torch.stack([xs.repeat(h), ys.repeat_interleave(w)])
+    return torch.stack([pixel_centre_coords(w, like).repeat(h),
+                        pixel_centre_coords(h, like).repeat_interleave(w)])
 
 
 class DynamicMaskHead(nn.Module):
