@@ -148,7 +148,11 @@ def test_train_net_config_file_typo(tmp_path):
     (["SOLVER.MAX_ITER", "abc"], "for config key: SOLVER.MAX_ITER"),
     (["SOLVER.MAX_ITER"], "odd length"),
     (["DATASETS.TEST", "('cells_nope_val',)"], "Dataset 'cells_nope_val' is not registered"),
-], ids=["unknown_key", "bad_value", "key_without_value", "unknown_dataset"])
+    (["MODEL.IAUNET.MASK_HEAD", "conv"], "MODEL.IAUNET.MASK_HEAD must be one of"),
+    (["MODEL.IAUNET.DYNAMIC_MASK_UPSAMPLE", "0"], "upsampling must be >= 1, got 0"),
+    (["MODEL.IAUNET.PIXEL_DECODER_NAME", "Nope"], "No object named 'Nope'"),
+], ids=["unknown_key", "bad_value", "key_without_value", "unknown_dataset", "unknown_mask_head",
+        "bad_mask_upsampling", "unknown_component"])
 def test_train_net_bad_override_is_one_line_naming_the_key(opts, expected, tmp_path, capsys):
     out = tmp_path / "run"
     status = train_net.cli(["--config-file", IAUNET_CFG, "OUTPUT_DIR", str(out), *opts])

@@ -29,6 +29,7 @@ from iaunet_d2.engine import (
     setup_cfg,
 )
 from iaunet_d2.config import ConfigError, PixelStatsError
+from iaunet_d2.modeling.config_check import check_model_config
 
 
 class SetupError(Exception):
@@ -63,11 +64,13 @@ def check_before_launch(args):
     """Fail fast, in the launching process, on problems a user must fix first.
 
     Raises:
-        SetupError, ConfigError, DatasetNotFoundError, DatasetError, PixelStatsError.
+        SetupError, ConfigError (including values the model's constructors reject),
+        DatasetNotFoundError, DatasetError, PixelStatsError.
     """
     if args.num_machines > 1 and args.dist_url == "auto":
         raise SetupError("a multi-machine run needs --dist-url tcp://<address of machine 0>:<port>.")
     cfg = build_config(args.config_file, args.opts)
+    check_model_config(cfg, args.config_file)
     if args.eval_only and not cfg.MODEL.WEIGHTS and not args.resume:
         raise SetupError(
             "--eval-only needs trained weights: pass MODEL.WEIGHTS path/to/model.pth "
