@@ -30,10 +30,12 @@ def small_resnet18_cfg(meta_architecture):
     return cfg
 
 
-def small_iaunet_cfg(**iaunet_overrides):
+def small_iaunet_cfg(plus=None, **iaunet_overrides):
     """A tiny CPU IAUNet config: ResNet-18 (trainable BN), 32-wide decoder, 6 queries.
 
-    Keyword arguments override ``MODEL.IAUNET.<KEY>`` (e.g. ``BRIDGE=True``).
+    Keyword arguments override ``MODEL.IAUNET.<KEY>`` (e.g. ``BRIDGE=True``). ``plus``:
+    None for the paper's model, True for IAUNet+ with its defaults, or a dict of
+    ``MODEL.IAUNET.PLUS`` keys for IAUNet+ with those changed.
     """
     cfg = small_resnet18_cfg("IAUNet")
     ia = cfg.MODEL.IAUNET
@@ -46,6 +48,10 @@ def small_iaunet_cfg(**iaunet_overrides):
     ia.TRAIN_NUM_POINTS = 256
     for key, value in iaunet_overrides.items():
         setattr(ia, key, value)
+    if plus is not None:
+        ia.PLUS.ENABLED = True
+        for key, value in (plus if isinstance(plus, dict) else {}).items():
+            setattr(ia.PLUS, key, value)
     cfg.TEST.DETECTIONS_PER_IMAGE = 6
     return cfg
 
@@ -53,7 +59,8 @@ def small_iaunet_cfg(**iaunet_overrides):
 def small_transformer_decoder(cfg):
     """The transformer decoder of ``cfg`` alone, at the widths its pixel decoder has."""
     ia = cfg.MODEL.IAUNET
-    return build_transformer_decoder(cfg, in_channels=ia.CONV_DIM, mask_dim=ia.MASK_DIM)
+    return build_transformer_decoder(cfg, in_channels=ia.CONV_DIM, mask_dim=ia.MASK_DIM,
+                                     level_strides=[32, 16, 8, 4])
 
 
 def synthetic_instances(

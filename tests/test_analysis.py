@@ -255,9 +255,7 @@ def test_full_test_workload_iaunet_drops_the_score_threshold():
     cfg = build_config(os.path.join(_ROOT, "configs", "demo", "iaunet_R18_small.yaml"),
                        ["MODEL.DEVICE", "cpu", "MODEL.IAUNET.NUM_QUERIES", "12",
                         "TEST.DETECTIONS_PER_IMAGE", "9", "MODEL.IAUNET.TEST.SCORE_THRESH", "0.99",
-                        "MODEL.IAUNET.TEST.NMS_IOU", "1.0",
-                        # An untrained dynamic head's masks are all empty or all full.
-                        "MODEL.IAUNET.MASK_HEAD", "linear"], prepare_data=False)
+                        "MODEL.IAUNET.TEST.NMS_IOU", "1.0"], prepare_data=False)
     torch.manual_seed(0)
     model = build_model(cfg).eval()
     inputs = [{"image": torch.rand(3, 64, 64) * 255, "height": 64, "width": 64}]

@@ -148,11 +148,13 @@ def test_train_net_config_file_typo(tmp_path):
     (["SOLVER.MAX_ITER", "abc"], "for config key: SOLVER.MAX_ITER"),
     (["SOLVER.MAX_ITER"], "odd length"),
     (["DATASETS.TEST", "('cells_nope_val',)"], "Dataset 'cells_nope_val' is not registered"),
-    (["MODEL.IAUNET.MASK_HEAD", "conv"], "MODEL.IAUNET.MASK_HEAD must be one of"),
-    (["MODEL.IAUNET.DYNAMIC_MASK_UPSAMPLE", "0"], "upsampling must be >= 1, got 0"),
+    (["MODEL.IAUNET.MASK_HEAD", "linear"], "MODEL.IAUNET.MASK_HEAD was moved to MODEL.IAUNET.PLUS"),
+    (["MODEL.IAUNET.PLUS.ENABLED", "True", "MODEL.IAUNET.PLUS.DYNAMIC_MASK_UPSAMPLE", "0"],
+     "upsampling must be >= 1, got 0"),
+    (["MODEL.IAUNET.PLUS.ANCHOR_POINTS", "False"], "but MODEL.IAUNET.PLUS.ENABLED is False"),
     (["MODEL.IAUNET.PIXEL_DECODER_NAME", "Nope"], "No object named 'Nope'"),
-], ids=["unknown_key", "bad_value", "key_without_value", "unknown_dataset", "unknown_mask_head",
-        "bad_mask_upsampling", "unknown_component"])
+], ids=["unknown_key", "bad_value", "key_without_value", "unknown_dataset", "removed_key",
+        "bad_mask_upsampling", "plus_key_without_plus", "unknown_component"])
 def test_train_net_bad_override_is_one_line_naming_the_key(opts, expected, tmp_path, capsys):
     out = tmp_path / "run"
     status = train_net.cli(["--config-file", IAUNET_CFG, "OUTPUT_DIR", str(out), *opts])

@@ -31,8 +31,6 @@ TINY_OPTS = [
     "MODEL.IAUNET.CONV_DIM", "32", "MODEL.IAUNET.MASK_DIM", "16",
     "MODEL.IAUNET.NUM_QUERIES", "6", "MODEL.IAUNET.NHEADS", "4",
     "MODEL.IAUNET.DIM_FEEDFORWARD", "64", "MODEL.IAUNET.TRAIN_NUM_POINTS", "256",
-    # After one iteration the dynamic mask head may still find nothing (AP NaN).
-    "MODEL.IAUNET.MASK_HEAD", "linear",
 ]
 
 

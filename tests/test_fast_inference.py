@@ -20,13 +20,10 @@ def _set_chunks(monkeypatch, pixel_chunk, mask_chunk_pixels):
 
 
 def _model(**overrides):
-    # The paper's decoder (default head init, no content embedding or mask positional
-    # features): with the 20x kernels below, no random mask of this seed is empty or
-    # covers the whole image (those are never detections), so every query reaches the
-    # output of both paths.
-    cfg = small_iaunet_cfg(NUM_QUERIES=12, HEAD_INIT_STD=0.0, MASK_FEATURE_POS=False,
-                           QUERY_CONTENT_EMBED=False, MASK_HEAD="linear",
-                           ANCHOR_SIGMA=1.0, CENTER_PRIOR=True)
+    # The paper's decoder: with the 20x kernels below, no random mask of this seed is
+    # empty or covers the whole image (those are never detections), so every query
+    # reaches the output of both paths.
+    cfg = small_iaunet_cfg(NUM_QUERIES=12)
     cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.0  # every query reaches NMS and the output
     cfg.MODEL.IAUNET.TEST.NMS_IOU = 1.0  # nothing suppressed: all queries comparable
     cfg.TEST.DETECTIONS_PER_IMAGE = 12

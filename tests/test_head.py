@@ -19,7 +19,7 @@ _ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SMALL = os.path.join(_ROOT, "configs", "demo", "iaunet_R18_small.yaml")
 
 
-def _old_layout(state, decoder_version=None):
+def _old_layout(state):
     """``state`` in the layout of IAUNet version 1: the decoders at the top, no head."""
     def old(name):
         return name[len("head."):] if name.startswith("head.") else name
@@ -27,8 +27,6 @@ def _old_layout(state, decoder_version=None):
     renamed = OrderedDict((old(k), v) for k, v in state.items())
     renamed._metadata = OrderedDict((old(k), dict(v)) for k, v in state._metadata.items())
     renamed._metadata[""]["version"] = 1
-    if decoder_version is not None:
-        renamed._metadata["transformer_decoder"]["version"] = decoder_version
     return renamed
 
 
@@ -47,14 +45,9 @@ class _RecordingCheckpointer(DetectionCheckpointer):
 # ------------------------------------------------------------------ checkpoints
 
 
-@pytest.mark.parametrize("overrides", [
-    {},
-    # No content embedding to tell the decoder's version by: loading as trained needs
-    # the decoder's saved version under its new name.
-    {"QUERY_CONTENT_EMBED": False, "MASK_FEATURE_POS": True},
-])
-def test_a_checkpoint_of_the_layout_without_head_loads_and_predicts_the_same(tmp_path, overrides):
-    cfg = small_iaunet_cfg(**overrides)
+@pytest.mark.parametrize("plus", [None, True], ids=["paper", "plus"])
+def test_a_checkpoint_of_the_layout_without_head_loads_and_predicts_the_same(tmp_path, plus):
+    cfg = small_iaunet_cfg(plus=plus)
     torch.manual_seed(0)
     trained = build_model(cfg).eval()
     state = trained.state_dict()
@@ -81,29 +74,12 @@ def test_a_checkpoint_of_the_layout_without_head_loads_and_predicts_the_same(tmp
         else:
             incompatible = model.load_state_dict(torch.load(path, weights_only=False)["model"])
         assert not incompatible.missing_keys and not incompatible.unexpected_keys, load
-        assert (model.head.transformer_decoder.mask_pe is None) == (
-            trained.head.transformer_decoder.mask_pe is None), load
         got = _outputs(model, batch)
         for key in ("pred_logits", "pred_masks"):
             assert torch.equal(got[key], expected[key]), (load, key)
         with torch.no_grad():
             assert torch.equal(model(batch)[0]["instances"].pred_masks,
                                trained(batch)[0]["instances"].pred_masks)
-
-
-def test_an_old_layout_checkpoint_of_the_paper_decoder_loads_as_trained(tmp_path):
-    torch.manual_seed(0)
-    paper = build_model(small_iaunet_cfg(QUERY_CONTENT_EMBED=False, MASK_FEATURE_POS=False)).eval()
-    path = str(tmp_path / "paper.pth")
-    torch.save({"model": _old_layout(paper.state_dict(), decoder_version=1)}, path)
-    model = build_model(small_iaunet_cfg()).eval()
-    assert model.head.transformer_decoder.mask_pe is not None
-    AtomicCheckpointer(model).load_weights(path, strict=True)
-    assert model.head.transformer_decoder.mask_pe is None
-    assert torch.count_nonzero(model.head.transformer_decoder.query_content.weight) == 0
-    batch = synthetic_batch([(64, 64)], [2])
-    assert torch.allclose(_outputs(model, batch)["pred_masks"], _outputs(paper, batch)["pred_masks"],
-                          atol=1e-5)
 
 
 def test_an_old_layout_checkpoint_of_other_widths_is_refused_by_name(tmp_path):
@@ -199,6 +175,6 @@ def test_head_refuses_decoders_with_different_level_counts():
     three_levels = small_iaunet_cfg()
     three_levels.MODEL.IAUNET.IN_FEATURES = ["res3", "res4", "res5"]
     decoder = build_transformer_decoder(three_levels, in_channels=pixel_decoder.conv_dim,
-                                        mask_dim=pixel_decoder.mask_dim)
+                                        mask_dim=pixel_decoder.mask_dim, level_strides=[32, 16, 8])
     with pytest.raises(ValueError, match="pixel decoder has 4 levels, transformer decoder 3"):
         IAUNetHead(pixel_decoder=pixel_decoder, transformer_decoder=decoder)

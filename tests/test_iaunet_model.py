@@ -59,7 +59,7 @@ def test_head_builds_the_transformer_decoder_at_the_pixel_decoder_widths():
     decoder = head.transformer_decoder
     assert decoder.hidden_dim == 64 and decoder.mask_dim == 24
     assert decoder.ia_layers[0].conv.in_channels == 64
-    assert decoder.dynamic_mask.project.in_channels == 24
+    assert decoder.kernel_embed.out_features == 24
     model = build_model(cfg)
     assert isinstance(model.head, IAUNetHead)
     children = [name for name, _ in model.head.named_children()]
@@ -132,9 +132,10 @@ def test_sine_position_embedding():
 
 @pytest.mark.parametrize("train", [True, False])
 @pytest.mark.parametrize("size", [(64, 64), (72, 100)])
-@pytest.mark.parametrize("deep_supervision", [False, True])
-def test_decoder_output_shapes(size, train, deep_supervision):
-    cfg = small_iaunet_cfg(DEEP_SUPERVISION=deep_supervision)
+@pytest.mark.parametrize("plus", [None, True], ids=["paper", "plus"])
+def test_decoder_output_shapes(size, train, plus):
+    cfg = small_iaunet_cfg(plus=plus)
+    scale = 2 if plus else 4  # IAUNet+'s dynamic head upsamples the 1/4 features 2x
     model = _build(cfg, train)
     batch = synthetic_batch([size, size], [2, 1])
     hp, wp = _padded(size)
@@ -143,18 +144,17 @@ def test_decoder_output_shapes(size, train, deep_supervision):
         assert tuple(images.tensor.shape) == (2, 3, hp, wp)
         out = model.head(model.backbone(images.tensor))
     assert out["pred_logits"].shape == (2, 6, 2)
-    # The dynamic mask head (default) predicts on the 1/4 mask features upsampled 2x.
-    assert out["pred_masks"].shape == (2, 6, hp // 2, wp // 2)
+    assert out["pred_masks"].shape == (2, 6, hp // scale, wp // scale)
     assert len(out["activation_maps"]) == 4
     for maps, stride in zip(out["activation_maps"], STRIDES):
         assert maps.shape == (2, 6, hp // stride, wp // stride)
         assert torch.allclose(maps.sum((2, 3)), torch.ones(2, 6), atol=1e-4)
         assert (maps >= 0).all()
     # Auxiliary predictions are made for the losses only, i.e. in training.
-    assert len(out["aux_outputs"]) == (3 if deep_supervision and train else 0)
+    assert len(out["aux_outputs"]) == (3 if plus and train else 0)
     for aux in out["aux_outputs"]:
         assert aux["pred_logits"].shape == (2, 6, 2)
-        assert aux["pred_masks"].shape == (2, 6, hp // 2, wp // 2)
+        assert aux["pred_masks"].shape == (2, 6, hp // scale, wp // scale)
 
 
 # ------------------------------------------------------------------ training
@@ -173,13 +173,13 @@ def _assert_every_parameter_has_gradient(model):
         assert p.grad.abs().sum() > 0, f"{name} has an all-zero gradient"
 
 
-@pytest.mark.parametrize("deep_supervision", [False, True])
-def test_gradients_reach_every_parameter(deep_supervision):
-    cfg = small_iaunet_cfg(DEEP_SUPERVISION=deep_supervision)
+@pytest.mark.parametrize("plus", [None, True], ids=["paper", "plus"])
+def test_gradients_reach_every_parameter(plus):
+    cfg = small_iaunet_cfg(plus=plus)
     model = _build(cfg, train=True)
     losses = model(synthetic_batch([(64, 64), (64, 64)], [3, 2]))
     assert {"loss_ce", "loss_mask", "loss_dice"} <= set(losses)
-    if deep_supervision:
+    if plus:
         assert "loss_ce_0" in losses and "loss_dice_2" in losses
     total = sum(losses.values())
     assert torch.isfinite(total)
@@ -190,7 +190,7 @@ def test_gradients_reach_every_parameter(deep_supervision):
 @pytest.mark.parametrize(
     "overrides",
     [{"BRANCH_FUSION": "concat"}, {"BRIDGE": True}, {"PRE_NORM": True},
-     {"BRANCH_FUSION": "concat", "BRIDGE": True, "DEEP_SUPERVISION": True}],
+     {"BRANCH_FUSION": "concat", "BRIDGE": True, "plus": True}],
 )
 def test_variants_train_and_infer(overrides):
     cfg = small_iaunet_cfg(**overrides)
@@ -243,8 +243,7 @@ def test_targets_are_padded_to_batch_size():
 
 
 def test_inference_returns_instances_at_original_size():
-    # The linear head: an untrained dynamic head's masks are all empty or all full.
-    cfg = small_iaunet_cfg(MASK_HEAD="linear")
+    cfg = small_iaunet_cfg()
     cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.0  # a random model: keep whatever it finds
     model = _build(cfg, train=False)
     batch = synthetic_batch([(72, 100), (64, 64)], [2, 2], output_sizes=[(144, 200), (50, 40)])

@@ -8,4 +8,4 @@ from .build import (  # noqa: F401
     resolve_intensity_norm,
     resolve_pixel_stats,
 )
-from .keys import RETIRED_KEYS, add_iaunet_config, apply_pretrained_policy  # noqa: F401
+from .keys import REMOVED_KEYS, RETIRED_KEYS, add_iaunet_config, apply_pretrained_policy  # noqa: F401

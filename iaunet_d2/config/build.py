@@ -3,6 +3,7 @@ checking its data, and resolving the intensity normalisation and pixel statistic
 import functools
 import logging
 import os
+import re
 
 import yaml
 
@@ -10,7 +11,7 @@ from detectron2.config import get_cfg
 from detectron2.data import DatasetCatalog, MetadataCatalog
 from detectron2.projects.point_rend import add_pointrend_config
 
-from .keys import RETIRED_KEYS, add_iaunet_config, apply_pretrained_policy
+from .keys import REMOVED_KEYS, RETIRED_KEYS, add_iaunet_config, apply_pretrained_policy
 from ..data.datasets import prepare_datasets, register_folder_datasets
 from ..io.images import check_normalization
 from ..data.pixel_stats import cached_intensity_range, cached_pixel_stats
@@ -46,7 +47,8 @@ def build_config(config_file, opts=(), prepare_data=True):
 
     Retired keys (``iaunet_d2.config.RETIRED_KEYS``), in the file or the overrides, are
     dropped with a warning; one whose value contradicts the key that replaced it is a
-    ``ConfigError``.
+    ``ConfigError``. A removed key (``REMOVED_KEYS``) is a ``ConfigError`` saying where
+    its option went.
     """
     cfg = get_cfg()
     add_pointrend_config(cfg)
@@ -66,6 +68,10 @@ def build_config(config_file, opts=(), prepare_data=True):
     except (KeyError, AssertionError, ValueError, TypeError, yaml.YAMLError) as e:
         # yacs: unknown key (KeyError), wrong value type (AssertionError), odd override list.
         reason = e.args[0] if e.args else type(e).__name__
+        removed = re.search(r"Non-existent (?:config )?key: (\S+)", str(reason))
+        if removed and removed.group(1) in REMOVED_KEYS:
+            key = removed.group(1)
+            raise ConfigError(f"Config '{config_file}': {key} was {REMOVED_KEYS[key]}.") from e
         raise ConfigError(f"Config '{config_file}' with overrides {list(opts)}: {reason}") from e
     if retired:
         logger.warning("Config '%s': retired keys dropped: %s.", config_file, "; ".join(

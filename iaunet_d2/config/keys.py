@@ -1,7 +1,7 @@
 """Every config key that iaunet_d2 adds to Detectron2's defaults, declared once."""
 from detectron2.config import CfgNode as CN
 
-__all__ = ["RETIRED_KEYS", "add_iaunet_config", "apply_pretrained_policy"]
+__all__ = ["REMOVED_KEYS", "RETIRED_KEYS", "add_iaunet_config", "apply_pretrained_policy"]
 
 # Keys of earlier versions that saved configs (OUTPUT_DIR/config.yaml) may still name;
 # iaunet_d2.engine.build_config drops them with a warning. Key -> (the key whose value
@@ -11,6 +11,32 @@ RETIRED_KEYS = {
                                 "MODEL.IAUNET.CONV_DIM sets the width of both decoders"),
     "MODEL.IAUNET.IA_PRIOR_PROB": (None, "it set a constant bias of the instance-activation "
                                          "logits, which their softmax cancels"),
+}
+
+
+# Keys of the project's earlier IAUNet variant that are gone: naming one is an error that
+# says where its option went (key -> the message's tail).
+_TO_PLUS = "moved to MODEL.IAUNET.PLUS (the IAUNet+ variant, configs iaunet_plus_*.yaml)"
+REMOVED_KEYS = {
+    "MODEL.IAUNET.DEEP_SUPERVISION": _TO_PLUS,
+    "MODEL.IAUNET.QUERY_CONTENT_EMBED": _TO_PLUS,
+    "MODEL.IAUNET.HEAD_INIT_STD": _TO_PLUS,
+    "MODEL.IAUNET.MASK_FEATURE_POS": _TO_PLUS,
+    "MODEL.IAUNET.ANCHOR_POINTS": _TO_PLUS,
+    "MODEL.IAUNET.ANCHOR_SIGMA": _TO_PLUS,
+    "MODEL.IAUNET.ACTIVATION_COST": _TO_PLUS,
+    "MODEL.IAUNET.ACTIVATION_MAP_WEIGHT": _TO_PLUS + " as ACTIVATION_LOSS",
+    "MODEL.IAUNET.MASK_HEAD": _TO_PLUS + " as DYNAMIC_MASK_HEAD (True/False)",
+    "MODEL.IAUNET.DYNAMIC_MASK_CHANNELS": _TO_PLUS,
+    "MODEL.IAUNET.DYNAMIC_MASK_LAYERS": _TO_PLUS,
+    "MODEL.IAUNET.DYNAMIC_MASK_UPSAMPLE": _TO_PLUS,
+    "MODEL.IAUNET.AUX_MASK_FEATURES": "removed: auxiliary masks use the final mask features",
+    "MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL": "removed (it did not help)",
+    "MODEL.IAUNET.CENTER_PRIOR": "removed (it did not help)",
+    "MODEL.IAUNET.CENTER_WEIGHT": "removed (it did not help)",
+    "MODEL.IAUNET.IOU_AWARE_CLASS": "removed (it did not help)",
+    "MODEL.IAUNET.DENSE_WEIGHT": "removed (it did not help)",
+    "MODEL.IAUNET.MASK_LOSS": "removed: mask losses are on sampled points",
 }
 
 
@@ -48,6 +74,9 @@ def add_iaunet_config(cfg):
     # ---------------------------------------------------------------- solver
     cfg.SOLVER.OPTIMIZER = "ADAMW"  # "ADAMW" or "SGD"
     cfg.SOLVER.BACKBONE_MULTIPLIER = 1.0  # lr multiplier for backbone parameters
+    # Replaces BACKBONE_MULTIPLIER when MODEL.WEIGHTS is set (a pretrained backbone is
+    # fine-tuned at a lower lr, as Mask2Former's recipe and the IAUNet authors' code do).
+    cfg.SOLVER.PRETRAINED_BACKBONE_MULTIPLIER = 1.0
     cfg.SOLVER.BASE_LR_END = 1e-6  # final lr of the cosine schedule
     # Weight decay of nn.Embedding parameters (learned queries and their positional
     # embeddings); SOLVER.WEIGHT_DECAY applies to the rest (norms: WEIGHT_DECAY_NORM).
@@ -93,58 +122,12 @@ def add_iaunet_config(cfg):
     cfg.MODEL.IAUNET.DIM_FEEDFORWARD = 2048
     cfg.MODEL.IAUNET.DROPOUT = 0.0
     cfg.MODEL.IAUNET.PRE_NORM = False
-    cfg.MODEL.IAUNET.DEEP_SUPERVISION = True
-    # Mask features of the auxiliary (deep-supervision) predictions: "final" (the shared
-    # 1/4-resolution mask features) or "level" (each level's own, upsampled).
-    cfg.MODEL.IAUNET.AUX_MASK_FEATURES = "final"
-    # Learnable per-slot content embedding added to each level's IA queries.
-    cfg.MODEL.IAUNET.QUERY_CONTENT_EMBED = True
-    # Extra query-only decoder layers after each level's dual-path layer.
-    cfg.MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL = 0
-    # Std of the normal init of the class and kernel heads (0: PyTorch's default init).
-    cfg.MODEL.IAUNET.HEAD_INIT_STD = 0.01
-    # Add the sine positional embedding of the pixels to the final mask features.
-    cfg.MODEL.IAUNET.MASK_FEATURE_POS = True
-    # Location prior on each mask around its query's activation-map centroid.
-    cfg.MODEL.IAUNET.CENTER_PRIOR = False
-    # A learned anchor point per query slot with a Gaussian prior around it on the IA
-    # logits (ANCHOR_SIGMA: its std in units of the anchor spacing, 1/sqrt(NUM_QUERIES)).
-    cfg.MODEL.IAUNET.ANCHOR_POINTS = True
-    cfg.MODEL.IAUNET.ANCHOR_SIGMA = 0.5
-    # How a query's head turns the mask features into its mask: "linear" (the paper's
-    # kernel dot product) or "dynamic" (a per-query MLP over DYNAMIC_MASK_CHANNELS
-    # projected feature channels and the pixel's offset from the query's activation-map
-    # centroid, DYNAMIC_MASK_LAYERS layers, weights predicted from the query).
-    cfg.MODEL.IAUNET.MASK_HEAD = "dynamic"
-    cfg.MODEL.IAUNET.DYNAMIC_MASK_CHANNELS = 8
-    cfg.MODEL.IAUNET.DYNAMIC_MASK_LAYERS = 3
-    # The dynamic head runs on its projected channels upsampled by this factor (masks
-    # at 1/2 of the input for 2): sharper borders of small cells.
-    cfg.MODEL.IAUNET.DYNAMIC_MASK_UPSAMPLE = 2
     # Criterion and matcher
     cfg.MODEL.IAUNET.CLASS_WEIGHT = 1.0
     cfg.MODEL.IAUNET.DICE_WEIGHT = 2.0
     cfg.MODEL.IAUNET.MASK_WEIGHT = 5.0
     cfg.MODEL.IAUNET.NO_OBJECT_WEIGHT = 0.1
-    # Matching cost of a query's activation maps against a target: -log of the maps'
-    # mass inside the target mask (0: matching by class and mask only).
-    cfg.MODEL.IAUNET.ACTIVATION_COST = 1.0
-    # Weight of the L1 loss (and matching cost) between each query's predicted cell
-    # centre and its target's centroid, in units of the image side (0: no centre head).
-    cfg.MODEL.IAUNET.CENTER_WEIGHT = 0.0
-    # Class target of a matched query: its class with probability = IoU of its mask
-    # with the target (else 1), so that scores rank detections by mask quality.
-    cfg.MODEL.IAUNET.IOU_AWARE_CLASS = False
-    # Weight of a direct loss pulling each matched query's activation maps into its
-    # target mask (0: the maps learn only through the final masks, as in the paper).
-    cfg.MODEL.IAUNET.ACTIVATION_MAP_WEIGHT = 1.0
-    # Weight of a dense auxiliary loss (training only): a 1x1 conv on the final mask
-    # features predicts cell foreground and cell borders at 1/4 resolution (0: off).
-    cfg.MODEL.IAUNET.DENSE_WEIGHT = 0.0
     cfg.MODEL.IAUNET.TRAIN_NUM_POINTS = 112 * 112
-    # Mask losses on "points" (TRAIN_NUM_POINTS sampled pixels per mask, importance
-    # sampled) or "dense" (every pixel of the predictions upsampled to the input size).
-    cfg.MODEL.IAUNET.MASK_LOSS = "points"
     # Inference
     cfg.MODEL.IAUNET.TEST = CN()
     cfg.MODEL.IAUNET.TEST.SCORE_THRESH = 0.01
@@ -153,6 +136,40 @@ def add_iaunet_config(cfg):
     # Mixed precision for inference: "" (fp32), "bf16" or "fp16" (torch.autocast on the
     # model's device; meant for CUDA). Post-processing always runs in fp32.
     cfg.MODEL.IAUNET.TEST.AMP = ""
+
+    # ---------------------------------------------------------------- IAUNet+
+    # The project's variant of IAUNet (not the paper's model): additions for faster
+    # convergence from scratch, all off unless ENABLED (configs iaunet_plus_*.yaml).
+    # With ENABLED False these keys must keep their defaults (checked when the model is
+    # built), so that a config cannot believe it trains something it does not.
+    cfg.MODEL.IAUNET.PLUS = CN()
+    cfg.MODEL.IAUNET.PLUS.ENABLED = False
+    # Every decoder layer predicts and is supervised (auxiliary losses on the final
+    # 1/4-resolution mask features, as Mask2Former); the paper supervises the last only.
+    cfg.MODEL.IAUNET.PLUS.DEEP_SUPERVISION = True
+    # A learnable per-slot content embedding added to each level's IA queries.
+    cfg.MODEL.IAUNET.PLUS.QUERY_CONTENT_EMBED = True
+    # Normal init (this std) of the class and kernel heads, zero biases (paper: PyTorch's).
+    cfg.MODEL.IAUNET.PLUS.HEAD_INIT_STD = 0.01
+    # The pixels' sine positional embedding added to the final mask features.
+    cfg.MODEL.IAUNET.PLUS.MASK_FEATURE_POS = True
+    # A learned anchor point per query slot (initialised evenly over the INPUT.IMAGE_SIZE
+    # square) with a Gaussian prior on its IA logits; ANCHOR_SIGMA is the prior's std in
+    # units of the mean anchor spacing, INPUT.IMAGE_SIZE / sqrt(NUM_QUERIES).
+    cfg.MODEL.IAUNET.PLUS.ANCHOR_POINTS = True
+    cfg.MODEL.IAUNET.PLUS.ANCHOR_SIGMA = 0.5
+    # Matching cost and loss weight of a query's activation maps against a target:
+    # -log of the maps' mass inside the target mask (the paper: neither).
+    cfg.MODEL.IAUNET.PLUS.ACTIVATION_COST = 1.0
+    cfg.MODEL.IAUNET.PLUS.ACTIVATION_LOSS = 1.0
+    # The dynamic mask head instead of the paper's kernel dot product: a per-query MLP
+    # (DYNAMIC_MASK_LAYERS layers of DYNAMIC_MASK_CHANNELS) over projected mask features
+    # and each pixel's offset from the query's activation-map centroid (in tenths of
+    # INPUT.IMAGE_SIZE), run on the projected features upsampled DYNAMIC_MASK_UPSAMPLE x.
+    cfg.MODEL.IAUNET.PLUS.DYNAMIC_MASK_HEAD = True
+    cfg.MODEL.IAUNET.PLUS.DYNAMIC_MASK_CHANNELS = 8
+    cfg.MODEL.IAUNET.PLUS.DYNAMIC_MASK_LAYERS = 3
+    cfg.MODEL.IAUNET.PLUS.DYNAMIC_MASK_UPSAMPLE = 2
 
     # ---------------------------------------------------------------- Mask2Former
     # The query-based baseline (META_ARCHITECTURE "Mask2Former"); defaults are
@@ -205,11 +222,13 @@ def apply_pretrained_policy(cfg):
     """Pick backbone normalization and freezing from whether weights are given.
 
     With ``MODEL.WEIGHTS`` set (ImageNet-initialised fine-tuning, the paper's setup)
-    the ResNet uses ``MODEL.BACKBONE.PRETRAINED_NORM`` and freezes stages up to
-    ``MODEL.BACKBONE.PRETRAINED_FREEZE_AT``. Without weights the yaml's trainable
+    the ResNet uses ``MODEL.BACKBONE.PRETRAINED_NORM``, freezes stages up to
+    ``MODEL.BACKBONE.PRETRAINED_FREEZE_AT`` and the backbone's lr is scaled by
+    ``SOLVER.PRETRAINED_BACKBONE_MULTIPLIER``. Without weights the yaml's trainable
     normalization and ``FREEZE_AT`` are kept, because frozen statistics of a random
     network would never learn. The config must not be frozen.
     """
     if cfg.MODEL.WEIGHTS:
         cfg.MODEL.RESNETS.NORM = cfg.MODEL.BACKBONE.PRETRAINED_NORM
         cfg.MODEL.BACKBONE.FREEZE_AT = cfg.MODEL.BACKBONE.PRETRAINED_FREEZE_AT
+        cfg.SOLVER.BACKBONE_MULTIPLIER = cfg.SOLVER.PRETRAINED_BACKBONE_MULTIPLIER

@@ -10,7 +10,7 @@ __all__ = ["check_model_config"]
 def check_model_config(cfg, source: str) -> None:
     """Build the model of ``cfg`` on the meta device (no memory, no weights: a fraction
     of a second) so that a value a constructor rejects, e.g. an unknown
-    ``MODEL.IAUNET.MASK_HEAD`` or a component name no registry holds, is reported as one
+    ``MODEL.IAUNET.PLUS`` key set without ``PLUS.ENABLED`` or a component name no registry holds, is reported as one
     ``ConfigError`` naming ``source`` before data loading or workers start.
     """
     cfg = cfg.clone()

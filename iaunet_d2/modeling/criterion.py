@@ -16,26 +16,15 @@ ones. Cells are small and densely packed, so most of the signal is at their bord
 where uniform points are rare; the uniform share keeps the interior supervised. Setting
 ``importance_sample_ratio=0`` gives plain uniform sampling.
 
-With ``mask_loss="dense"`` the matched mask logits are instead upsampled to the target
-resolution (bilinear, as at inference) and both losses use every pixel.
-
-With ``activation_map_weight > 0`` (``loss_activation``), each matched query's IA
+With ``activation_map_weight > 0`` (``loss_activation``; IAUNet+ only), each matched query's IA
 activation maps are also pulled into its target mask: -log of the map's mass inside the
 mask (the mask average-pooled to the map's resolution), averaged over levels. The paper
 trains the maps only through the final masks; this gives them a direct signal.
 
-With ``dense_weight > 0`` (``loss_dense``), per-pixel foreground and border logits
-(``outputs["pred_dense"]``, from the final mask features) get a BCE loss against the
-union of the masks and their borders: dense supervision from the first step.
-
-With ``center_weight > 0`` (``loss_center``), the L1 distance of each matched query's
-predicted centre (``outputs["pred_centers"]``) from its target's centroid; with
-``iou_aware_class``, a matched query's class target is soft (see ``loss_labels``).
-
 Both mask losses are summed over matched masks and divided by the number of target masks
 in the whole (distributed) batch, clamped to at least 1.
 """
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Tuple
 
 import torch
 import torch.distributed as dist
@@ -46,14 +35,8 @@ from detectron2.config import configurable
 from detectron2.utils import comm
 from detectron2.utils.registry import Registry
 
-from .losses import (
-    center_l1_loss,
-    dense_targets,
-    dice_loss,
-    matched_mask_ious,
-    sample_points_with_importance,
-    sigmoid_bce_loss,
-)
+from .iaunet_plus import plus_options
+from .losses import dice_loss, sample_points_with_importance, sigmoid_bce_loss
 from .matcher import HungarianMatcher, pixel_index_to_coords, sample_logits_at
 
 __all__ = ["IAUNET_CRITERION_REGISTRY", "build_criterion", "IAUNetSetCriterion"]
@@ -97,20 +80,10 @@ class IAUNetSetCriterion(nn.Module):
         num_points: int = 112 * 112,
         oversample_ratio: float = 3.0,
         importance_sample_ratio: float = 0.75,
-        mask_loss: str = "points",
         activation_map_weight: float = 0.0,
-        dense_weight: float = 0.0,
-        center_weight: float = 0.0,
-        iou_aware_class: bool = False,
     ):
         super().__init__()
-        self.center_weight = center_weight
-        self.iou_aware_class = iou_aware_class
-        if mask_loss not in ("points", "dense"):
-            raise ValueError(f"MODEL.IAUNET.MASK_LOSS must be 'points' or 'dense', got {mask_loss!r}")
-        self.mask_loss = mask_loss
         self.activation_map_weight = activation_map_weight
-        self.dense_weight = dense_weight
         if not 0.0 <= importance_sample_ratio <= 1.0:
             raise ValueError(
                 f"importance_sample_ratio must be in [0, 1], got {importance_sample_ratio}"
@@ -143,11 +116,7 @@ class IAUNetSetCriterion(nn.Module):
             "dice_weight": ia.DICE_WEIGHT,
             "no_object_weight": ia.NO_OBJECT_WEIGHT,
             "num_points": ia.TRAIN_NUM_POINTS,
-            "mask_loss": ia.MASK_LOSS,
-            "activation_map_weight": ia.ACTIVATION_MAP_WEIGHT,
-            "dense_weight": ia.DENSE_WEIGHT,
-            "center_weight": ia.CENTER_WEIGHT,
-            "iou_aware_class": ia.IOU_AWARE_CLASS,
+            "activation_map_weight": plus_options(cfg)["ACTIVATION_LOSS"],
         }
 
     # ------------------------------------------------------------------ helpers
@@ -166,18 +135,11 @@ class IAUNetSetCriterion(nn.Module):
         pred_logits: torch.Tensor,
         targets: List[Dict[str, torch.Tensor]],
         indices: List[Tuple[torch.Tensor, torch.Tensor]],
-        matched_ious: Optional[List[torch.Tensor]] = None,
     ) -> torch.Tensor:
         """Weighted-mean cross-entropy over all B*N queries (unweighted by class_weight).
 
         Args:
             pred_logits: (B, N, C+1).
-            matched_ious: per image, (K,) IoUs of the matched queries' masks with their
-                targets: the class target of a matched query is then soft, its class
-                with probability IoU and "no object" with 1 - IoU, so that class
-                probabilities rank predictions by mask quality. The loss is
-                ``-sum_c w_c t_c log p_c`` over queries, divided by ``sum w_c t_c``
-                (the hard-label weighted mean when the targets are one-hot).
         """
         batch, num_queries = pred_logits.shape[:2]
         device = pred_logits.device
@@ -189,22 +151,9 @@ class IAUNetSetCriterion(nn.Module):
                 target_classes[b, pred_idx.to(device)] = target["labels"].to(device)[
                     tgt_idx.to(device)
                 ]
-        if matched_ious is None:
-            return F.cross_entropy(
-                pred_logits.float().transpose(1, 2), target_classes, weight=self.empty_weight
-            )
-        soft = F.one_hot(target_classes, self.num_classes + 1).float()  # (B, N, C+1)
-        for b, ((pred_idx, _), iou) in enumerate(zip(indices, matched_ious)):
-            if pred_idx.numel():
-                rows = pred_idx.to(device)
-                iou = iou.to(device, torch.float32)
-                soft[b, rows] = soft[b, rows] * iou[:, None]
-                soft[b, rows, self.num_classes] = 1.0 - iou
-        weighted = soft * self.empty_weight
-        log_prob = F.log_softmax(pred_logits.float(), dim=-1)
-        return -(weighted * log_prob).sum() / weighted.sum().clamp(min=1e-6)
-
-    matched_mask_ious = staticmethod(matched_mask_ious)
+        return F.cross_entropy(
+            pred_logits.float().transpose(1, 2), target_classes, weight=self.empty_weight
+        )
 
     def loss_masks(
         self,
@@ -213,8 +162,7 @@ class IAUNetSetCriterion(nn.Module):
         indices: List[Tuple[torch.Tensor, torch.Tensor]],
         num_masks: torch.Tensor,
     ) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(BCE, dice) of the matched masks (unweighted), on sampled points or, with
-        ``mask_loss="dense"``, on every pixel of the target grid.
+        """(BCE, dice) of the matched masks (unweighted), on sampled points.
 
         Args:
             pred_masks: (B, N, h, w) logits.
@@ -228,14 +176,6 @@ class IAUNetSetCriterion(nn.Module):
             tgt_masks = target["masks"]  # (M, H, W)
             height, width = tgt_masks.shape[-2:]
             tgt_rows = tgt_idx.to(tgt_masks.device)
-            if self.mask_loss == "dense":
-                # Every pixel: the logits upsampled as at inference, the binary targets.
-                point_logits.append(F.interpolate(
-                    src[:, None].float(), size=(height, width), mode="bilinear",
-                    align_corners=False,
-                ).flatten(1))
-                point_targets.append(tgt_masks[tgt_rows].flatten(1).to(device, torch.float32))
-                continue
             index = sample_points_with_importance(
                 src.detach(),
                 height,
@@ -293,15 +233,6 @@ class IAUNetSetCriterion(nn.Module):
             total = total + cost.diagonal().sum()
         return total / num_masks
 
-    dense_targets = staticmethod(dense_targets)
-
-    def loss_dense(self, pred_dense: torch.Tensor, targets: List[Dict[str, torch.Tensor]]):
-        """Mean BCE of the (B, 2, h, w) foreground/border logits against dense_targets."""
-        target = self.dense_targets(targets, tuple(pred_dense.shape[-2:])).to(pred_dense.device)
-        return F.binary_cross_entropy_with_logits(pred_dense.float(), target)
-
-    loss_centers = staticmethod(center_l1_loss)
-
     def single_output_losses(
         self,
         outputs: Dict[str, torch.Tensor],
@@ -318,15 +249,7 @@ class IAUNetSetCriterion(nn.Module):
             losses["loss_activation" + suffix] = self.activation_map_weight * (
                 self.loss_activation_maps(outputs["activation_maps"], targets, indices, num_masks)
             )
-        if self.center_weight > 0 and "pred_centers" in outputs:
-            losses["loss_center" + suffix] = self.center_weight * self.loss_centers(
-                outputs["pred_centers"], targets, indices, num_masks
-            )
-        ious = (
-            self.matched_mask_ious(outputs["pred_masks"], targets, indices)
-            if self.iou_aware_class else None
-        )
-        loss_ce = self.loss_labels(outputs["pred_logits"], targets, indices, ious)
+        loss_ce = self.loss_labels(outputs["pred_logits"], targets, indices)
         loss_mask, loss_dice = self.loss_masks(outputs["pred_masks"], targets, indices, num_masks)
         losses.update({
             "loss_ce" + suffix: loss_ce * self.class_weight,
@@ -340,8 +263,6 @@ class IAUNetSetCriterion(nn.Module):
     ) -> Dict[str, torch.Tensor]:
         num_masks = self._num_masks(targets, outputs["pred_logits"].device)
         losses = self.single_output_losses(outputs, targets, num_masks)
-        if self.dense_weight > 0 and "pred_dense" in outputs:
-            losses["loss_dense"] = self.dense_weight * self.loss_dense(outputs["pred_dense"], targets)
         for i, aux in enumerate(outputs.get("aux_outputs", None) or []):
             # Each auxiliary prediction gets its own matching, as its queries differ.
             losses.update(self.single_output_losses(aux, targets, num_masks, suffix=f"_{i}"))

@@ -17,8 +17,9 @@ class IAUNetHead(nn.Module):
 
     The pixel decoder is built from the backbone's output shapes, the transformer
     decoder from the pixel decoder's widths: its queries and attention run at the
-    pixel decoder's ``conv_dim`` (they are pooled from and attend to its features) and
-    its mask kernels have the pixel decoder's ``mask_dim``.
+    pixel decoder's ``conv_dim`` (they are pooled from and attend to its features), its
+    mask kernels have the pixel decoder's ``mask_dim`` and its location frame the pixel
+    decoder's level strides.
     """
 
     @configurable
@@ -46,7 +47,8 @@ class IAUNetHead(nn.Module):
         return {
             "pixel_decoder": pixel_decoder,
             "transformer_decoder": build_transformer_decoder(
-                cfg, in_channels=pixel_decoder.conv_dim, mask_dim=pixel_decoder.mask_dim
+                cfg, in_channels=pixel_decoder.conv_dim, mask_dim=pixel_decoder.mask_dim,
+                level_strides=pixel_decoder.in_strides,
             ),
         }
 

@@ -1,21 +1,14 @@
-"""Loss functions and targets of the set criteria: point-wise mask losses and the point
-sampling they use, the IoUs of matched masks (IoU-aware class targets), per-pixel
-foreground/border targets and the centre L1 loss. Shapes are given per function; every
-loss is summed over masks and divided by the number of target masks, as the set
-criterion normalises them.
+"""Loss functions of the set criteria: point-wise mask losses and the point sampling
+they use. Shapes are given per function; every loss is summed over masks and divided by
+the number of target masks, as the set criterion normalises them.
 """
-from typing import Dict, List, Tuple
-
 import torch
 import torch.nn.functional as F
 
-from .matcher import mask_centroids, pixel_index_to_coords, sample_logits_at
+from .matcher import pixel_index_to_coords, sample_logits_at
 
 __all__ = [
-    "center_l1_loss",
-    "dense_targets",
     "dice_loss",
-    "matched_mask_ious",
     "sample_points_with_importance",
     "sigmoid_bce_loss",
 ]
@@ -81,76 +74,3 @@ def sample_points_with_importance(
     if num_uniform > 0:
         parts.append(torch.randint(height * width, (num_masks, num_uniform), device=device))
     return torch.cat(parts, dim=1)
-
-
-@torch.no_grad()
-def matched_mask_ious(
-    pred_masks: torch.Tensor,
-    targets: List[Dict[str, torch.Tensor]],
-    indices: List[Tuple[torch.Tensor, torch.Tensor]],
-) -> List[torch.Tensor]:
-    """IoU of each matched query's mask (logit > 0) with its target, both on the
-    prediction grid (targets average-pooled from the padded input size, > 0.5).
-
-    Args:
-        pred_masks: (B, N, h, w) logits.
-    Returns:
-        per image, float32 (K,) IoUs in the order of ``indices``.
-    """
-    ious = []
-    for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
-        pred = pred_masks[b][pred_idx.to(pred_masks.device)] > 0  # (K, h, w)
-        tgt = target["masks"][tgt_idx.to(target["masks"].device)][:, None].float()
-        tgt = F.adaptive_avg_pool2d(tgt, pred.shape[-2:])[:, 0].to(pred.device) > 0.5
-        inter = (pred & tgt).flatten(1).sum(1).float()
-        union = (pred | tgt).flatten(1).sum(1).float()
-        ious.append(torch.where(union > 0, inter / union.clamp(min=1), torch.zeros_like(union)))
-    return ious
-
-
-def dense_targets(targets: List[Dict[str, torch.Tensor]], size: Tuple[int, int]) -> torch.Tensor:
-    """Per-pixel foreground and border targets, (B, 2, h, w) in [0, 1].
-
-    Foreground: the union of an image's masks; borders: pixels of a mask with a
-    4-neighbour outside it (so touching cells are separated by their borders). Both
-    are computed at the padded input resolution, then average-pooled to ``size``
-    (exact: the padded size is a multiple of 4).
-    """
-    maps = []
-    for target in targets:
-        masks = target["masks"]  # (M, H, W)
-        if masks.shape[0] == 0:
-            maps.append(masks.new_zeros((2,) + tuple(masks.shape[-2:])))
-            continue
-        fg = masks.amax(0)
-        # Erosion by a plus-shaped element: min over the 4-neighbours (outside = 0).
-        padded = F.pad(masks, (1, 1, 1, 1))
-        eroded = torch.minimum(
-            torch.minimum(padded[:, :-2, 1:-1], padded[:, 2:, 1:-1]),
-            torch.minimum(padded[:, 1:-1, :-2], padded[:, 1:-1, 2:]),
-        ) * masks
-        border = (masks - eroded).amax(0)
-        maps.append(torch.stack([fg, border]))
-    return F.adaptive_avg_pool2d(torch.stack(maps).float(), size)
-
-
-def center_l1_loss(
-    pred_centers: torch.Tensor,
-    targets: List[Dict[str, torch.Tensor]],
-    indices: List[Tuple[torch.Tensor, torch.Tensor]],
-    num_masks: torch.Tensor,
-) -> torch.Tensor:
-    """L1 distance of the matched queries' centres from their targets' centroids,
-    summed and divided by ``num_masks``.
-
-    Args:
-        pred_centers: (B, N, 2) (x, y) in [0, 1] of the padded image.
-    """
-    total = pred_centers.sum() * 0.0  # a gradient for every parameter (DDP)
-    for b, ((pred_idx, tgt_idx), target) in enumerate(zip(indices, targets)):
-        if pred_idx.numel() == 0:
-            continue
-        centres = mask_centroids(target["masks"][tgt_idx.to(target["masks"].device)])
-        pred = pred_centers[b][pred_idx.to(pred_centers.device)].float()
-        total = total + (pred - centres.to(pred.device)).abs().sum()
-    return total / num_masks

@@ -27,7 +27,7 @@ from torch import nn
 from detectron2.config import configurable
 from detectron2.projects.point_rend.point_features import point_sample
 
-from .transformer_decoder.instance_activation import map_centroids
+from .iaunet_plus import plus_options
 
 __all__ = [
     "HungarianMatcher",
@@ -35,7 +35,6 @@ __all__ = [
     "pixel_index_to_coords",
     "compute_cost_matrix",
     "linear_assignment",
-    "mask_centroids",
     "batch_dice_cost",
     "batch_sigmoid_bce_cost",
     "sample_logits_at",
@@ -79,22 +78,6 @@ def sample_pixel_centers(
     """
     index = torch.randint(height * width, (*shape_prefix, num_points), device=device)
     return index, pixel_index_to_coords(index, height, width)
-
-
-def mask_centroids(masks: torch.Tensor) -> torch.Tensor:
-    """Centres of mass of binary masks.
-
-    Args:
-        masks: (M, H, W) bool/float masks.
-    Returns:
-        float32 (M, 2) (x, y) of each mask's centroid in [0, 1] of the grid (pixel
-        centres at (i + 0.5) / size); the grid centre for an empty mask.
-    """
-    m = masks.float()
-    area = m.sum((1, 2))
-    # A mask divided by its area is a map summing to 1.
-    centres = map_centroids((m / area.clamp(min=1)[:, None, None])[None])[0]
-    return torch.where(area[:, None] > 0, centres, torch.full_like(centres, 0.5))
 
 
 def batch_sigmoid_bce_cost(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -204,7 +187,6 @@ class HungarianMatcher(nn.Module):
         cost_dice: float = 1.0,
         num_points: int = 112 * 112,
         cost_activation: float = 0.0,
-        cost_center: float = 0.0,
     ):
         super().__init__()
         if cost_class == 0 and cost_mask == 0 and cost_dice == 0:
@@ -216,7 +198,6 @@ class HungarianMatcher(nn.Module):
         self.cost_dice = cost_dice
         self.num_points = num_points
         self.cost_activation = cost_activation
-        self.cost_center = cost_center
 
     @classmethod
     def from_config(cls, cfg):
@@ -226,8 +207,7 @@ class HungarianMatcher(nn.Module):
             "cost_mask": ia.MASK_WEIGHT,
             "cost_dice": ia.DICE_WEIGHT,
             "num_points": ia.TRAIN_NUM_POINTS,
-            "cost_activation": ia.ACTIVATION_COST,
-            "cost_center": ia.CENTER_WEIGHT,
+            "cost_activation": plus_options(cfg)["ACTIVATION_COST"],
         }
 
     def image_cost(
@@ -303,12 +283,6 @@ class HungarianMatcher(nn.Module):
                 cost = cost + self.cost_activation * self.activation_cost(
                     [maps[b] for maps in outputs["activation_maps"]], target["masks"]
                 ).to(cost.device)
-            if self.cost_center > 0 and "pred_centers" in outputs:
-                # L1 distance of the predicted centres from the targets' centroids.
-                cost = cost + self.cost_center * torch.cdist(
-                    outputs["pred_centers"][b].float(),
-                    mask_centroids(target["masks"]).to(cost.device), p=1,
-                )
             indices.append(linear_assignment(cost))
         return indices
 
@@ -316,5 +290,5 @@ class HungarianMatcher(nn.Module):
         return (
             f"cost_class={self.cost_class}, cost_mask={self.cost_mask}, "
             f"cost_dice={self.cost_dice}, num_points={self.num_points}, "
-            f"cost_activation={self.cost_activation}, cost_center={self.cost_center}"
+            f"cost_activation={self.cost_activation}"
         )

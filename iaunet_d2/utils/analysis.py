@@ -313,8 +313,11 @@ _SWIN_SIZES = {"tiny": "T", "small": "S", "base": "B", "large": "L"}
 
 
 def describe_model(cfg):
-    """(architecture, backbone) labels, e.g. ("IAUNet", "R50"), ("PointRend", "Swin-S")."""
+    """(architecture, backbone) labels, e.g. ("IAUNet", "R50"), ("IAUNet+", "R50"),
+    ("PointRend", "Swin-S")."""
     arch = cfg.MODEL.META_ARCHITECTURE
+    if arch == "IAUNet" and cfg.MODEL.IAUNET.PLUS.ENABLED:
+        arch = "IAUNet+"
     if arch == "GeneralizedRCNN":
         mask_head = cfg.MODEL.ROI_MASK_HEAD.NAME if cfg.MODEL.MASK_ON else ""
         arch = "PointRend" if "PointRend" in mask_head else "Mask R-CNN"

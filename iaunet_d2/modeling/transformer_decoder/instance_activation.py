@@ -1,8 +1,14 @@
 """Instance activation: N activation maps and N queries from a level's instance
-features, with the optional per-slot anchor prior and the maps' centroids.
+features; IAUNet+'s per-slot anchor prior and the maps' centroids.
 
 The Instance Activation (IA) layer turns instance features into N maps (softmax over
 all pixels) and N queries (soft pooling of the features with each map).
+
+Locations (anchors, centroids, the dynamic mask head's offsets) share one isotropic
+frame: input pixels divided by a reference length (``INPUT.IMAGE_SIZE``), measured from
+the top-left corner of the padded input. A map of stride s has its pixel i's centre at
+``(i + 0.5) * step`` with ``step = s / reference``, on both axes, whatever the image's
+aspect ratio.
 """
 import math
 from typing import Optional, Tuple
@@ -13,11 +19,10 @@ from torch import nn
 __all__ = [
     "InstanceActivation",
     "anchor_location_bias",
-    "centroid_distance2",
     "halton_points",
     "map_centroids",
     "pixel_centre_coords",
-    "point_distance2",
+    "pixel_centres",
 ]
 
 
@@ -33,8 +38,8 @@ class InstanceActivation(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(in_channels, num_queries, kernel_size=3, padding=1)
         nn.init.normal_(self.conv.weight, std=0.01)
-        # Focal-style prior bias. Note: a per-map constant cancels in the softmax over
-        # H*W, so this bias does not change A and its gradient is (numerically) zero.
+        # Focal-style prior bias, as the authors initialise it. A per-map constant
+        # cancels in the softmax over H*W, so it changes neither A nor the gradients.
         nn.init.constant_(self.conv.bias, -math.log((1 - prior_prob) / prior_prob))
 
     def forward(
@@ -74,52 +79,40 @@ def halton_points(n: int) -> torch.Tensor:
     )
 
 
-def pixel_centre_coords(n: int, like: torch.Tensor) -> torch.Tensor:
-    """(n,) centres of n pixels along one axis, (i + 0.5) / n in [0, 1], on ``like``'s
+def pixel_centre_coords(n: int, step: float, like: torch.Tensor) -> torch.Tensor:
+    """(n,) centres of n pixels along one axis, ``(i + 0.5) * step``, on ``like``'s
     device and dtype: the coordinate frame of every location helper here."""
-    return (torch.arange(n, device=like.device, dtype=like.dtype) + 0.5) / n
+    return (torch.arange(n, device=like.device, dtype=like.dtype) + 0.5) * step
 
 
-def anchor_location_bias(anchors: torch.Tensor, size: Tuple[int, int], sigma: float) -> torch.Tensor:
-    """Gaussian log-prior of each anchor on a ``size`` grid.
+def pixel_centres(size: Tuple[int, int], step: float, like: torch.Tensor) -> torch.Tensor:
+    """(2, H*W) (x, y) of the pixel centres of a ``size`` grid, row-major."""
+    h, w = size
+    ys = pixel_centre_coords(h, step, like)
+    xs = pixel_centre_coords(w, step, like)
+    # Broadcasting, not shape-derived repeats: traceable on any device.
+    return torch.stack([xs[None, :].expand(h, w), ys[:, None].expand(h, w)]).reshape(2, h * w)
 
-    ``-|p - a|^2 / (2 sigma^2)`` with pixel centres p and anchors a in [0, 1]^2
-    coordinates of the map (x, y order). anchors: (N, 2) -> (N, size[0], size[1]).
+
+def anchor_location_bias(anchors: torch.Tensor, size: Tuple[int, int], step: float,
+                         sigma: torch.Tensor) -> torch.Tensor:
+    """Gaussian log-prior of each anchor on a ``size`` grid of pixel size ``step``.
+
+    ``-|p - a|^2 / (2 sigma^2)`` with pixel centres p and anchors a (x, y) in the
+    isotropic frame. anchors: (N, 2) -> (N, size[0], size[1]).
     """
-    ys = pixel_centre_coords(size[0], anchors)
-    xs = pixel_centre_coords(size[1], anchors)
+    ys = pixel_centre_coords(size[0], step, anchors)
+    xs = pixel_centre_coords(size[1], step, anchors)
     d2 = (xs[None, None, :] - anchors[:, 0, None, None]) ** 2 + (
         ys[None, :, None] - anchors[:, 1, None, None]
     ) ** 2
     return -d2 / (2 * sigma ** 2)
 
 
-def map_centroids(maps: torch.Tensor) -> torch.Tensor:
-    """Centroid of each map: (B, N, h, w) maps summing to 1 -> (B, N, 2) (x, y) in
-    [0, 1] of the map (pixel centres at (i + 0.5) / size)."""
+def map_centroids(maps: torch.Tensor, step: float) -> torch.Tensor:
+    """Centroid of each map: (B, N, h, w) maps summing to 1, of pixel size ``step`` ->
+    (B, N, 2) (x, y) in the isotropic frame."""
     h, w = maps.shape[-2:]
-    cy = (maps.sum(-1) * pixel_centre_coords(h, maps)).sum(-1)
-    cx = (maps.sum(-2) * pixel_centre_coords(w, maps)).sum(-1)
+    cy = (maps.sum(-1) * pixel_centre_coords(h, step, maps)).sum(-1)
+    cx = (maps.sum(-2) * pixel_centre_coords(w, step, maps)).sum(-1)
     return torch.stack([cx, cy], dim=-1)
-
-
-def point_distance2(points: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Squared distance of every pixel of a ``size`` grid from each point, in a frame
-    normalised to [-1, 1] on both axes (so that distances are comparable for maps of
-    any level's resolution).
-
-    points: (B, N, 2) (x, y) in [0, 1] of the image -> (B, N, size[0], size[1]).
-    """
-    p = points * 2 - 1
-    ys = pixel_centre_coords(size[0], points) * 2 - 1
-    xs = pixel_centre_coords(size[1], points) * 2 - 1
-    return (ys[:, None] - p[..., 1, None, None]) ** 2 + (xs[None, :] - p[..., 0, None, None]) ** 2
-
-
-def centroid_distance2(maps: torch.Tensor, size: Tuple[int, int]) -> torch.Tensor:
-    """Squared distance of every pixel of a ``size`` grid from each map's centroid, in
-    the frame of ``point_distance2``.
-
-    maps: (B, N, h, w), each summing to 1 -> (B, N, size[0], size[1]).
-    """
-    return point_distance2(map_centroids(maps), size)

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-__all__ = ["AttentionLayer", "DualPathDecoderLayer", "FFNLayer", "QueryDecoderLayer"]
+__all__ = ["AttentionLayer", "DualPathDecoderLayer", "FFNLayer"]
 
 
 def _with_pos(x: torch.Tensor, pos: Optional[torch.Tensor]) -> torch.Tensor:
@@ -174,29 +174,3 @@ class DualPathDecoderLayer(nn.Module):
         queries = self.query_ffn(queries)
         return queries, inst, mask
 
-
-class QueryDecoderLayer(nn.Module):
-    """A query-only decoder layer: the queries attend to the instance pixels, then to
-    each other, then FFN; the pixel features are left unchanged. Used for the extra
-    layers per level (``MODEL.IAUNET.QUERY_LAYERS_PER_LEVEL``), in the manner of the
-    authors' later recipe, which refines the queries several times per level."""
-
-    def __init__(
-        self, d_model: int, nhead: int, dim_feedforward: int, dropout: float = 0.0, pre_norm: bool = False
-    ):
-        super().__init__()
-        self.cross_attn = AttentionLayer(d_model, nhead, dropout, pre_norm)
-        self.self_attn = AttentionLayer(d_model, nhead, dropout, pre_norm)
-        self.ffn = FFNLayer(d_model, dim_feedforward, dropout, pre_norm)
-
-    def forward(
-        self,
-        queries: torch.Tensor,
-        query_pos: torch.Tensor,
-        inst: torch.Tensor,
-        pixel_pos: torch.Tensor,
-    ) -> torch.Tensor:
-        """queries, query_pos (B, Q, d); inst, pixel_pos (B, L, d) -> queries (B, Q, d)."""
-        queries = self.cross_attn(queries, inst, query_pos, pixel_pos)
-        queries = self.self_attn(queries, None, query_pos)
-        return self.ffn(queries)

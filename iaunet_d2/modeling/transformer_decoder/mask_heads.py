@@ -1,8 +1,8 @@
 """Per-query mask heads: how a query's parameters turn the shared mask features into
 its mask logits.
 
-The paper's head is linear: a kernel per query, dotted with the mask features. The
-dynamic head (``MODEL.IAUNET.MASK_HEAD "dynamic"``) is a small per-query MLP over a few
+The paper's head is linear: a kernel per query, dotted with the mask features. IAUNet+'s
+dynamic head (``MODEL.IAUNET.PLUS.DYNAMIC_MASK_HEAD``) is a small per-query MLP over a few
 channels of the mask features plus each pixel's position relative to the query's
 centre, whose weights the query predicts: the mask can then depend on where a pixel is
 with respect to the cell and on the features at once (a boundary counts only where it
@@ -15,32 +15,25 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .instance_activation import pixel_centre_coords
+from .instance_activation import pixel_centres
 
-__all__ = ["DynamicMaskHead", "pixel_centres"]
-
-
-def pixel_centres(size: Tuple[int, int], like: torch.Tensor) -> torch.Tensor:
-    """(2, H*W) (x, y) of the pixel centres of a ``size`` grid in [0, 1], row-major."""
-    h, w = size
-    return torch.stack([pixel_centre_coords(w, like).repeat(h),
-                        pixel_centre_coords(h, like).repeat_interleave(w)])
+__all__ = ["DynamicMaskHead"]
 
 
 class DynamicMaskHead(nn.Module):
     """Mask logits from a per-query MLP whose weights are predicted from the query.
 
     The MLP sees, at every pixel, ``channels`` channels projected from the mask
-    features and the pixel's (dx, dy) from the query's centre, scaled by
-    ``coord_scale`` (the anchor density sqrt(N), so that offsets are in units of the
-    typical distance between cells); ``num_layers`` layers of width ``channels`` with
+    features and the pixel's (dx, dy) from the query's centre in the isotropic location
+    frame (``instance_activation``), times ``coord_scale`` (10: offsets in tenths of the
+    reference size, of order 1 for a cell); ``num_layers`` layers of width ``channels`` with
     ReLU between them, one output channel. With ``upsample`` > 1 the projected
     channels are upsampled bilinearly first and the MLP runs on the finer grid, so that
     its non-linearity places mask borders between the mask features' pixels.
     """
 
     def __init__(self, hidden_dim: int, mask_dim: int, channels: int = 8, num_layers: int = 3,
-                 coord_scale: float = 1.0, upsample: int = 1):
+                 coord_scale: float = 10.0, upsample: int = 1):
         super().__init__()
         if channels < 1 or num_layers < 1:
             raise ValueError(
@@ -64,12 +57,13 @@ class DynamicMaskHead(nn.Module):
         nn.init.zeros_(self.controller.bias)
 
     def forward(self, queries: torch.Tensor, mask_features: torch.Tensor,
-                centres: torch.Tensor) -> torch.Tensor:
+                centres: torch.Tensor, step: float) -> torch.Tensor:
         """
         Args:
             queries: (B, N, hidden_dim) the head's input per query.
             mask_features: (B, mask_dim, H, W).
-            centres: (B, N, 2) (x, y) in [0, 1] of the mask grid.
+            centres: (B, N, 2) (x, y) in the isotropic location frame.
+            step: the pixel size of ``mask_features`` in that frame.
         Returns:
             (B, N, H * upsample, W * upsample) mask logits.
         """
@@ -84,7 +78,7 @@ class DynamicMaskHead(nn.Module):
         # linear, W_r (p - c) = W_r p - W_r c, so it runs on the shared pixel
         # coordinates with the centre moved into the bias: no per-query copy of the
         # inputs, which at 1/2 resolution and 100 queries would be the largest tensor.
-        grid = pixel_centres((h, w), feats) * self.coord_scale  # (2, HW)
+        grid = pixel_centres((h, w), step / self.upsample, feats) * self.coord_scale  # (2, HW)
         x = torch.cat([feats.flatten(2), grid.expand(b, -1, -1)], dim=1)  # (B, C + 2, HW)
         start = 0
         for i, (fan_in, fan_out) in enumerate(self.shapes):
