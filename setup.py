@@ -27,7 +27,11 @@ setup(
         "matplotlib",
         "tensorboard",
     ],
-    extras_require={"test": ["pytest"]},
+    extras_require={
+        "test": ["pytest"],
+        # The real-data suite's bacteria_phase TIFFs are zstd-compressed.
+        "realcells": ["imagecodecs"],
+    },
     # Each returns the exit status; train_net.py, tools/*.py and datasets/*.py run the same.
     entry_points={
         "console_scripts": [
@@ -40,6 +44,7 @@ setup(
             "iaunet-benchmark = iaunet_d2.apps.benchmark:main",
             "iaunet-compare = iaunet_d2.apps.compare:main",
             "iaunet-convergence = iaunet_d2.apps.convergence:main",
+            "iaunet-prepare-realcells = iaunet_d2.apps.prepare_realcells:main",
         ],
     },
 )

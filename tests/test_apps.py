@@ -22,6 +22,7 @@ WRAPPERS = {
     "datasets/labels_to_coco.py": ("convert_labels", ["main"]),
     "datasets/evican2.py": ("convert_evican2", ["main"]),
     "datasets/livecell_crop.py": ("convert_livecell_crop", ["main"]),
+    "datasets/prepare_realcells.py": ("prepare_realcells", ["main"]),
 }
 
 CONSOLE_SCRIPTS = {
@@ -34,6 +35,7 @@ CONSOLE_SCRIPTS = {
     "iaunet-benchmark": "iaunet_d2.apps.benchmark:main",
     "iaunet-compare": "iaunet_d2.apps.compare:main",
     "iaunet-convergence": "iaunet_d2.apps.convergence:main",
+    "iaunet-prepare-realcells": "iaunet_d2.apps.prepare_realcells:main",
 }
 
 

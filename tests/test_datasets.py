@@ -22,6 +22,8 @@ EXPECTED = (
     + [f"evican2_{d}_{s}" for d in ("easy", "medium", "difficult") for s in ("train", "val", "test")]
     + [f"neurips22_{s}" for s in ("train", "val", "test")]
     + ["cells_demo_train", "cells_demo_val"]
+    + [f"realcells_{d}_{s}" for d in ("bacteria_phase", "nuclei_fluo")
+       for s in ("train", "tune", "report")]
 )
 
 PIXEL_STATS = {

@@ -54,7 +54,7 @@ PYEOF
 fi
 
 say "installing iaunet_d2 (editable) and its dependencies"
-"${PIP[@]}" install -c "$CONSTRAINTS" --no-build-isolation -e "$ROOT[test]"
+"${PIP[@]}" install -c "$CONSTRAINTS" --no-build-isolation -e "$ROOT[test,realcells]"
 # The tests use the real DSB2018 nuclei image that stardist ships (its data only: the
 # package itself would pull in TensorFlow, so its dependencies are not installed).
 "${PIP[@]}" install -c "$CONSTRAINTS" --no-deps "stardist==0.9.2"

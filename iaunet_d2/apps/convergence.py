@@ -20,8 +20,18 @@ evaluations come from Detectron2's COCO evaluator at every ``--eval-period`` ite
 and at the end (``metrics.json``).
 
 Before anything trains, the tool checks that every run has the same training and test
-data, input size, batch, schedule and learning rate, and refuses (naming the key)
-otherwise. Writes OUTPUT.md (tables), OUTPUT.csv (one row per run, seed and evaluation),
+data, input size, batch, schedule, learning rate, optimizer, weight decay, clipping,
+backbone lr multiplier, augmentations, weights and empty-image policy (``EQUAL_KEYS``),
+and refuses (naming the key) otherwise; ``--allow-different KEY`` lets a key differ and
+the table names it.
+
+Records: each finished run keeps (``WORK_DIR/<label>/seed<k>/convergence_done.json``) the
+git commit of the code it was trained with (``+dirty`` when the working tree had
+uncommitted changes), the exact train command, the checked settings and the full
+resolved config the run saved. Before writing the tables the tool refuses runs from
+more than one commit, from a dirty tree or without a recorded commit, and runs whose
+recorded settings differ, unless ``--allow-mixed-commits`` is given; the table then
+says so in its first lines. The tables name the commit of their runs. Writes OUTPUT.md (tables), OUTPUT.csv (one row per run, seed and evaluation),
 OUTPUT.json (everything, for ``--replot``) and OUTPUT.png (segm AP against iterations:
 the mean over seeds, with the seeds' range as a band; written by
 ``convergence_report``).
@@ -45,11 +55,18 @@ from iaunet_d2.io.writers import write_json
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 TRAIN_COMMAND = [sys.executable, "-m", "iaunet_d2.apps.train"]
 
-# Settings that must be equal in every run for the comparison to be fair.
+# Settings that must be equal in every run for the comparison to be fair (values of the
+# resolved config: SOLVER.BACKBONE_MULTIPLIER already holds the pretrained multiplier
+# when MODEL.WEIGHTS is set).
 EQUAL_KEYS = [
-    "DATASETS.TRAIN", "DATASETS.TEST", "INPUT.IMAGE_SIZE", "INPUT.MIN_SCALE", "INPUT.MAX_SCALE",
-    "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER", "SOLVER.BASE_LR", "SOLVER.LR_SCHEDULER_NAME",
-    "SOLVER.WARMUP_ITERS", "TEST.EVAL_PERIOD", "MODEL.DEVICE",
+    "DATASETS.TRAIN", "DATASETS.TEST", "DATASETS.TRAIN_DIR", "DATASETS.TEST_DIR",
+    "INPUT.IMAGE_SIZE", "INPUT.MIN_SCALE", "INPUT.MAX_SCALE", "INPUT.FLIPS", "INPUT.ROTATE_90",
+    "INPUT.INTENSITY_NORM", "SOLVER.IMS_PER_BATCH", "SOLVER.MAX_ITER", "SOLVER.BASE_LR",
+    "SOLVER.BASE_LR_END", "SOLVER.LR_SCHEDULER_NAME", "SOLVER.WARMUP_ITERS", "SOLVER.OPTIMIZER",
+    "SOLVER.WEIGHT_DECAY", "SOLVER.WEIGHT_DECAY_NORM", "SOLVER.WEIGHT_DECAY_EMBED",
+    "SOLVER.CLIP_GRADIENTS.ENABLED", "SOLVER.CLIP_GRADIENTS.CLIP_TYPE",
+    "SOLVER.CLIP_GRADIENTS.CLIP_VALUE", "SOLVER.BACKBONE_MULTIPLIER", "MODEL.WEIGHTS",
+    "DATALOADER.FILTER_EMPTY_ANNOTATIONS", "TEST.EVAL_PERIOD", "MODEL.DEVICE",
 ]
 DONE_FILE = "convergence_done.json"
 
@@ -72,6 +89,9 @@ def get_parser():
     parser.add_argument("--allow-different", nargs="+", default=[], metavar="KEY",
                         help="keys of the equality check that runs may set differently "
                              "(an augmentation ablation, say); the table names them")
+    parser.add_argument("--allow-mixed-commits", action="store_true",
+                        help="tabulate runs trained from different commits, a dirty tree or "
+                             "with different recorded settings (the table says so)")
     parser.add_argument("--jobs", type=int, default=1,
                         help="runs trained at the same time (default 1; more only on a GPU "
                              "machine with the memory and cores for them)")
@@ -143,8 +163,13 @@ def plan_runs(args):
         runs.append({"label": label, "config": config, "opts": opts, "settings": settings,
                      "max_iter": cfg.SOLVER.MAX_ITER})
     if not args.no_train:
-        # Demo data is generated here, once, before several runs could race to write it.
-        build_config(runs[0]["config"], runs[0]["opts"], prepare_data=True)
+        # Data is prepared here, once (demo data generated, folders converted, every
+        # dataset checked on disk), before several runs could race to write it.
+        for run in runs:
+            try:
+                build_config(run["config"], run["opts"], prepare_data=True)
+            except Exception as e:  # missing data: one line naming the run
+                raise SystemExit(f"error: --run {run['label']}: {type(e).__name__}: {e}")
     unknown = sorted(set(args.allow_different) - set(EQUAL_KEYS))
     if unknown:
         raise SystemExit(f"error: --allow-different {unknown}: not among the checked keys "
@@ -164,7 +189,67 @@ def _get(cfg, dotted):
     node = cfg
     for part in dotted.split("."):
         node = node[part]
-    return tuple(node) if isinstance(node, (list, tuple)) else node
+    return list(node) if isinstance(node, (list, tuple)) else node
+
+
+def source_commit():
+    """The git commit of the code in REPO_ROOT, with "+dirty" when tracked files have
+    uncommitted changes; "unknown" without git."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True,
+                              check=True).stdout.strip()
+
+    try:
+        commit = git("rev-parse", "HEAD")
+        dirty = git("status", "--porcelain", "--untracked-files=no")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return commit + ("+dirty" if dirty else "")
+
+
+def check_provenance(results, allow_mixed=False, allowed_differences=()):
+    """Refuse (SystemExit, one line) to tabulate results of different commits, of a
+    dirty tree, without a recorded commit, or with recorded settings that differ on a
+    key not in ``allowed_differences``; with ``allow_mixed`` return the notes that the
+    table must carry instead.
+
+    Returns:
+        list of strings, the table's warnings (empty for a clean table).
+    """
+    notes = []
+    commits = {}
+    for r in results:
+        commits.setdefault(r.get("commit") or "none recorded", []).append(f"{r['label']} seed {r['seed']}")
+    problems = [c for c in commits if c == "none recorded" or c.endswith("+dirty") or c == "unknown"]
+    if len(commits) > 1 or problems:
+        listing = "; ".join(f"{_short(c)}: {', '.join(runs)}" for c, runs in commits.items())
+        if not allow_mixed:
+            why = "different commits" if len(commits) > 1 else "an uncommitted or unknown tree"
+            raise SystemExit(f"error: the runs come from {why} ({listing}); retrain them at one "
+                             "clean commit, or pass --allow-mixed-commits")
+        notes.append("**MIXED COMMITS**: runs trained at " + "; ".join(
+            f"{_short(c)} ({len(runs)} run{'s' if len(runs) > 1 else ''})"
+            for c, runs in commits.items()) + ".")
+    for key in EQUAL_KEYS:
+        if key in allowed_differences:
+            continue
+        values = {}
+        for r in results:
+            if key in r.get("settings", {}):
+                values.setdefault(json.dumps(r["settings"][key]), []).append(
+                    f"{r['label']} seed {r['seed']}")
+        if len(values) > 1:
+            listing = "; ".join(f"{v}: {', '.join(runs)}" for v, runs in values.items())
+            if not allow_mixed:
+                raise SystemExit(f"error: the recorded runs differ in {key} ({listing}); retrain "
+                                 "them, or pass --allow-mixed-commits")
+            notes.append(f"**DIFFERENT SETTINGS**: {key} differs ({listing}).")
+    return notes
+
+
+def _short(commit):
+    return commit[:10] + ("+dirty" if commit.endswith("+dirty") else "") \
+        if commit not in ("unknown", "none recorded") else commit
 
 
 def read_curve(metrics_path, max_iter):
@@ -196,7 +281,7 @@ class MissingRun(RuntimeError):
     """A run that --no-train found unfinished."""
 
 
-def train_one(run, seed, work_dir, log, train=True):
+def train_one(run, seed, work_dir, log, train=True, commit=None):
     """Train one run with one seed (or reuse a finished one); returns its result dict."""
     out = os.path.join(work_dir, _slug(run["label"]), f"seed{seed}")
     done = os.path.join(out, DONE_FILE)
@@ -223,8 +308,12 @@ def train_one(run, seed, work_dir, log, train=True):
     if code != 0 or not curve or curve[-1]["iter"] != run["max_iter"]:
         raise RuntimeError(f"{run['label']} seed {seed}: train_net.py exited {code} without a "
                            f"final evaluation; see {os.path.join(out, 'train_net.log')}")
+    resolved = os.path.join(out, "config.yaml")
     result = {"label": run["label"], "config": run["config"], "opts": run["opts"], "seed": seed,
-              "seconds": seconds, "curve": curve, "final": curve[-1]}
+              "seconds": seconds, "curve": curve, "final": curve[-1],
+              "commit": commit or source_commit(), "command": cmd,
+              "settings": run["settings"],
+              "resolved_config": open(resolved).read() if os.path.isfile(resolved) else None}
     write_json(result, done, indent=1)
     log(f"[{run['label']} seed {seed}] segm AP {curve[-1]['AP']:.1f} "
         f"(AP50 {curve[-1]['AP50']:.1f}) after {run['max_iter']} iterations, {seconds:.0f} s")
@@ -269,9 +358,13 @@ def main(argv=None):
     def log(msg):
         print(msg, flush=True)
 
+    commit = source_commit()
+    if commit.endswith("+dirty") and not args.no_train:
+        log(f"warning: the working tree has uncommitted changes ({commit}); runs trained now "
+            "are recorded as dirty and their table needs --allow-mixed-commits")
     jobs = [(run, seed) for run in runs for seed in args.seeds]
     with ThreadPoolExecutor(max_workers=max(1, args.jobs)) as pool:
-        futures = [pool.submit(train_one, run, seed, work_dir, log, not args.no_train)
+        futures = [pool.submit(train_one, run, seed, work_dir, log, not args.no_train, commit)
                    for run, seed in jobs]
         results, failures, missing = [], [], []
         for future in futures:
@@ -291,11 +384,14 @@ def main(argv=None):
         print(f"error: {len(failures)} of {len(jobs)} runs failed; the tables are not written",
               file=sys.stderr)
         return 1
+    notes = check_provenance(results, args.allow_mixed_commits, args.allow_different)
+    run_commits = sorted({r.get("commit") or "none recorded" for r in results})
     data = {"command": "python tools/convergence.py " + " ".join(
                 _quote(a) for a in (argv if argv is not None else sys.argv[1:])),
             "setting": setting, "seeds": args.seeds, "device": _device_name(runs),
             "title": args.title, "labels": labels, "results": results, "missing": missing,
-            "allowed_differences": args.allow_different}
+            "allowed_differences": args.allow_different, "commit": commit,
+            "run_commits": run_commits, "notes": notes}
     write_json(data, prefix + ".json", indent=1)
     print(write_outputs(data, prefix))
     print(f"wrote {prefix}.md, .csv, .json and .png")

@@ -125,7 +125,13 @@ def write_outputs(data, prefix):
     setting, seeds, device, title, labels, results, missing, allowed_differences);
     returns the markdown text."""
     summary = summarize(data["results"], data["labels"])
-    header = ["Command:", "", "```bash", data["command"], "```", "",
+    commits = data.get("run_commits") or sorted({r.get("commit") or "none recorded"
+                                                 for r in data["results"]})
+    header = [f"Written by tools/convergence.py from runs trained at commit "
+              f"{', '.join(commits)}.", ""]
+    for note in data.get("notes") or []:
+        header += [note, ""]
+    header += ["Command:", "", "```bash", data["command"], "```", "",
               f"Every model: {data['setting']}; seeds {data['seeds']}; "
               f"device: {data['device']}. Band in the chart: the seeds' range."]
     if data.get("allowed_differences"):

@@ -134,6 +134,28 @@ DATASETS: Dict[str, CellDatasetSpec] = {
             "COCO json (one category 'cell')"
         ),
     ),
+    **{
+        f"realcells_{name}": CellDatasetSpec(
+            title=title,
+            splits={
+                split: (f"realcells/{name}/annotations/{split}.json", f"realcells/{name}/images/{split}")
+                for split in ("train", "tune", "report")
+            },
+            pixel_mean=mean,
+            pixel_std=std,
+            layout=f"realcells/{name}/images/{{train,tune,report}}/, "
+                   f"realcells/{name}/annotations/{{train,tune,report}}.json",
+            source=f"{origin}, prepared by `python datasets/prepare_realcells.py`",
+        )
+        # Pixel statistics measured on the prepared train split (0-255 after the
+        # project's intensity normalisation).
+        for name, title, mean, std, origin in (
+            ("bacteria_phase", "real-data suite: phase-contrast bacteria, 256-px tiles",
+             70.368, 38.976, "the divisualisation 0.1.0 source distribution (MIT)"),
+            ("nuclei_fluo", "real-data suite: fluorescence nuclei, 256-px tiles",
+             34.547, 34.037, "the stardist package's DSB2018 image (CC0)"),
+        )
+    },
     "cells_demo": CellDatasetSpec(
         title="synthetic brightfield cells (generated on first use)",
         splits={
