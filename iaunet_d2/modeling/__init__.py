@@ -12,6 +12,7 @@ from . import transformer_decoder  # noqa: F401
 from . import head  # noqa: F401
 from . import meta_arch  # noqa: F401
 from . import mask2former  # noqa: F401
+from . import point_rend  # noqa: F401
 from .head import IAUNetHead  # noqa: F401
 from .meta_arch import IAUNet  # noqa: F401
 from .pixel_decoder import IAUNET_PIXEL_DECODER_REGISTRY, build_pixel_decoder  # noqa: F401
