@@ -6,6 +6,8 @@ import csv
 import errno
 import json
 import os
+import pickle
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -14,6 +16,7 @@ import cv2
 import numpy as np
 import pytest
 import tifffile
+import torch
 from detectron2.modeling import build_model
 
 import iaunet_d2  # noqa: F401
@@ -166,6 +169,73 @@ def test_train_net_bad_override_is_one_line_naming_the_key(opts, expected, tmp_p
     assert not out.exists()
 
 
+def _config_only_a_string(folder):
+    (folder / "foo.yaml").write_text("foo\n")
+    return folder / "foo.yaml", "holds a str ('foo'), not a mapping of config keys (KEY: value lines)."
+
+
+def _config_yaml_syntax_error(folder):
+    (folder / "broken.yaml").write_text("_BASE_: ../Base-IAUNet.yaml\nMODEL:\n  WEIGHTS: [unclosed\n")
+    return folder / "broken.yaml", "YAML syntax error at line 4, column 1:"
+
+
+def _config_empty(folder):
+    (folder / "empty.yaml").write_text("")
+    return folder / "empty.yaml", "is empty: a config is a mapping of keys to values"
+
+
+def _config_tiff(folder):
+    tifffile.imwrite(folder / "cells.tif", np.zeros((8, 8), np.uint8))
+    return folder / "cells.tif", "is not a YAML text file (it holds binary data)."
+
+
+def _config_missing_base(folder):
+    (folder / "child.yaml").write_text("_BASE_: Base-Nope.yaml\n")
+    return folder / "child.yaml", f"its _BASE_ 'Base-Nope.yaml' not found ({folder / 'Base-Nope.yaml'})."
+
+
+@pytest.mark.parametrize("make_config", [_config_only_a_string, _config_yaml_syntax_error, _config_empty,
+                                         _config_tiff, _config_missing_base],
+                         ids=["string", "yaml_syntax", "empty", "tiff", "missing_base"])
+def test_train_net_unusable_config_file_is_one_line(make_config, tmp_path, capsys):
+    config, expected = make_config(tmp_path)
+    out = tmp_path / "run"
+    status = train_net.cli(["--config-file", str(config), "OUTPUT_DIR", str(out)])
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = _error_lines(err)
+    assert line.startswith(f"error: Config file '{config}'"), line
+    assert expected in line, line
+    assert "Traceback" not in err
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("argv, expected", [
+    ([], "error: --config-file is required, e.g. python train_net.py --config-file "
+         "configs/demo/iaunet_R50.yaml"),
+    (["--config-file", IAUNET_CFG, "OUTPUT_DIR", "x", "--resume"],
+     "error: options go before the KEY VALUE overrides: write --resume before OUTPUT_DIR "
+     "(got 'OUTPUT_DIR x --resume')."),
+], ids=["no_config_file", "flag_after_overrides"])
+def test_train_net_command_line_mistakes(argv, expected, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # nothing may be written, not even OUTPUT_DIR 'x'
+    status = train_net.cli(argv)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert _error_lines(err) == [expected]
+    assert os.listdir(tmp_path) == []
+
+
+def test_train_dir_without_val_dir_is_not_evaluated_on_the_config_test_set(tmp_path):
+    args = train_net.parse_args(["--config-file", IAUNET_CFG, "--train-dir", str(tmp_path)])
+    assert args.cleared_test
+    assert args.opts == ["DATASETS.TRAIN_DIR", str(tmp_path), "DATASETS.TEST", "()"]
+    # A test set the user names is kept.
+    for given in (["--val-dir", str(tmp_path)], ["DATASETS.TEST", "('cells_demo_val',)"]):
+        args = train_net.parse_args(["--config-file", IAUNET_CFG, "--train-dir", str(tmp_path), *given])
+        assert not args.cleared_test and "()" not in args.opts
+
+
 @pytest.mark.parametrize("eval_only", [True, False], ids=["eval_only", "train"])
 def test_train_net_missing_weights_file(eval_only, tmp_path, capsys):
     out, missing = tmp_path / "run", str(tmp_path / "model_fnial.pth")
@@ -206,6 +276,250 @@ def test_predict_with_a_text_file_as_weights(which, weights, tmp_path, capsys):
     _assert_unreadable_checkpoint(line, weights[which])
     assert "KeyError" not in err
     assert _outputs_of(tmp_path / "out") == []
+
+
+# ------------------------------------------------------------- training stopped midway
+def _train_until(monkeypatch, stop_at, stop):
+    """Make the trainer's step ``stop_at`` call ``stop()`` instead of training."""
+    from detectron2.engine.train_loop import SimpleTrainer
+
+    original = SimpleTrainer.run_step
+
+    def run_step(self):
+        if self.iter == stop_at:
+            stop()
+        original(self)
+
+    monkeypatch.setattr(SimpleTrainer, "run_step", run_step)
+
+
+def _ctrl_c():
+    raise KeyboardInterrupt
+
+
+def test_ctrl_c_during_training_is_one_line_with_the_resume_command(tmp_path, capsys, monkeypatch):
+    out = tmp_path / "run"
+    opts = tiny_rcnn_opts(out, max_iter=6, **{"SOLVER.CHECKPOINT_PERIOD": 2})
+    _train_until(monkeypatch, 3, _ctrl_c)
+    status = train_net.cli(["--config-file", DEMO_MASK_RCNN, *opts])
+    captured = capsys.readouterr()
+    assert status == 130
+    assert captured.err.strip().splitlines()[-1] == (
+        f"interrupted: Stopped at iteration 3; last checkpoint kept: {out / 'model_0000001.pth'}. "
+        f"Continue with: python train_net.py --config-file {DEMO_MASK_RCNN} --resume {shlex.join(opts)}")
+    assert "Traceback" not in captured.out + captured.err
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000001.pth"]
+
+
+def test_full_disk_during_training_is_one_line_and_the_traceback_goes_to_the_log(tmp_path, capsys,
+                                                                                 monkeypatch):
+    out = tmp_path / "run"
+    opts = tiny_rcnn_opts(out, max_iter=6, **{"SOLVER.CHECKPOINT_PERIOD": 2})
+
+    def disk_full():
+        def no_space(obj, f, *args, **kwargs):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        monkeypatch.setattr(torch, "save", no_space)
+
+    _train_until(monkeypatch, 2, disk_full)  # the checkpoint after iteration 3 fails
+    status = train_net.cli(["--config-file", DEMO_MASK_RCNN, *opts])
+    captured = capsys.readouterr()
+    assert status == 1
+    line = captured.err.strip().splitlines()[-1]
+    assert line.startswith(f"error: Cannot write checkpoint {out / 'model_0000003.pth'}: OSError: "
+                           "[Errno 28] No space left on device."), line
+    assert line.endswith(
+        f"Stopped at iteration 3; last checkpoint kept: {out / 'model_0000001.pth'}. "
+        f"Continue with: python train_net.py --config-file {DEMO_MASK_RCNN} --resume {shlex.join(opts)}")
+    assert "Traceback" not in captured.out + captured.err
+    log = (out / "log.txt").read_text()
+    assert "Exception during training" in log and "Traceback" in log
+    assert sorted(f for f in os.listdir(out) if f.endswith(".pth")) == ["model_0000001.pth"]
+
+
+def test_ctrl_c_during_prediction_keeps_the_finished_images(weights, tmp_path, capsys, monkeypatch):
+    from iaunet_d2.inference import CellPredictor
+
+    paths = [tmp_path / f"im{k}.png" for k in range(3)]
+    for k, path in enumerate(paths):
+        _image(path, (40, 40), seed=k)
+    original, calls = CellPredictor.__call__, []
+
+    def ctrl_c_on_the_second_image(self, image, on_tiles=None):
+        calls.append(image.shape)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return original(self, image, on_tiles)
+
+    monkeypatch.setattr(CellPredictor, "__call__", ctrl_c_on_the_second_image)
+    out = tmp_path / "out"
+    status = _predict(weights["iaunet"], paths, out)
+    err = capsys.readouterr().err
+    assert status == 130
+    assert err.strip().splitlines()[-1] == (
+        f"interrupted: 1 of 3 image(s) finished and kept in {out} (listed in coco_results.json); "
+        f"stopped at '{paths[1]}', whose outputs were not written.")
+    assert "Traceback" not in err
+    assert _outputs_of(out) == _expected_outputs("im0")
+    assert [im["output_name"] for im in _coco(out)["images"]] == ["im0"]
+
+
+# --------------------------------------------------------- NaN pixels, EXIF orientation
+def test_nan_pixels_warn_once_per_image_with_their_count(tmp_path, caplog):
+    from iaunet_d2.io.images import read_image
+
+    data = np.linspace(0, 1, 20 * 30, dtype=np.float32).reshape(20, 30)
+    data[0, :5] = np.nan
+    data[1, 0] = np.inf
+    path = str(tmp_path / "nan.tif")
+    tifffile.imwrite(path, data)
+    with caplog.at_level("WARNING", logger="iaunet_d2.io.images"):
+        image = read_image(path)
+        read_image(path)
+    assert [r.getMessage() for r in caplog.records] == [
+        f"'{path}': 6 NaN/infinite pixel value(s) became 0 (black)."]
+    assert (image[0, :5] == 0).all() and image[1, 0].tolist() == [0, 0, 0]
+
+
+def _png_with_orientation(path, array, orientation):
+    from PIL import Image
+
+    im = Image.fromarray(array)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    im.save(path, exif=exif)
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_viewers_apply_it(orientation, tmp_path):
+    from PIL import Image, ImageOps
+
+    from iaunet_d2.io.images import read_image
+    from iaunet_d2.io.labels import read_label_image
+
+    rng = np.random.default_rng(orientation)
+    rgb = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    _png_with_orientation(tmp_path / "cells.png", rgb, orientation)
+    with Image.open(tmp_path / "cells.png") as im:
+        shown = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))  # the reference
+    assert np.array_equal(read_image(str(tmp_path / "cells.png"), format="RGB"), shown)
+
+    labels = np.zeros((20, 30), np.uint8)
+    labels[2:5, 3:9] = 1
+    _png_with_orientation(tmp_path / "cells_masks.png", labels, orientation)
+    with Image.open(tmp_path / "cells_masks.png") as im:
+        shown_labels = np.asarray(ImageOps.exif_transpose(im))
+    assert np.array_equal(read_label_image(str(tmp_path / "cells_masks.png")), shown_labels)
+
+
+# -------------------------------------------------------------- --output used twice
+def test_predict_twice_into_one_folder_needs_overwrite(weights, tmp_path, capsys):
+    out = tmp_path / "out"
+    _image(tmp_path / "first.png", (40, 40))
+    _image(tmp_path / "second.png", (48, 40), seed=1)
+    assert _predict(weights["iaunet"], tmp_path / "first.png", out) == 0
+    (out / "notes.txt").write_text("mine")
+    before = {f: (out / f).read_bytes() for f in os.listdir(out)}
+    capsys.readouterr()
+
+    status = _predict(weights["iaunet"], tmp_path / "second.png", out)
+    err = capsys.readouterr().err
+    assert status == 2
+    assert _error_lines(err) == [
+        f"error: --output '{out}' already holds predictions (4 file(s), e.g. 'coco_results.json'); "
+        "pass --overwrite to replace them, or give another folder."]
+    assert {f: (out / f).read_bytes() for f in os.listdir(out)} == before
+
+    assert _predict(weights["iaunet"], tmp_path / "second.png", out, "--overwrite") == 0
+    assert "removed 4 prediction file(s) of an earlier run" in capsys.readouterr().err
+    assert _outputs_of(out) == sorted(["notes.txt", *_expected_outputs("second")])
+    assert [im["output_name"] for im in _coco(out)["images"]] == ["second"]
+
+
+# ----------------------------------------------------------- weights files as untrusted input
+class _CreatesFileWhenUnpickled:
+    """What a crafted weights file holds: unpickling it calls open(path, "w")."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+def _crafted_weights(tmp_path, suffix):
+    victim = tmp_path / "created_by_the_weights_file"
+    path = tmp_path / f"crafted{suffix}"
+    payload = {"model": {"backbone.weight": _CreatesFileWhenUnpickled(victim)}, "__author__": "x"}
+    if suffix == ".pth":
+        torch.save(payload, path)
+    else:
+        with open(path, "wb") as f:
+            pickle.dump(payload, f, protocol=4)
+    return str(path), victim
+
+
+@pytest.mark.parametrize("suffix", [".pkl", ".pth"])
+def test_predict_refuses_a_crafted_weights_file_before_it_runs_code(suffix, tmp_path, capsys):
+    crafted, victim = _crafted_weights(tmp_path, suffix)
+    _image(tmp_path / "a.png", (40, 40))
+    status = _predict(crafted, tmp_path / "a.png", tmp_path / "out")
+    err = capsys.readouterr().err
+    assert status == 2
+    (line,) = _error_lines(err)
+    assert line == (f"error: Refusing weights file '{crafted}': it asks to build builtins.open, "
+                    "which is not weights data (a weights file holds only tensors, arrays, "
+                    "numbers and strings).")
+    assert not victim.exists()
+    assert _outputs_of(tmp_path / "out") == []
+
+
+def test_eval_only_refuses_a_crafted_pkl(tmp_path, capsys):
+    crafted, victim = _crafted_weights(tmp_path, ".pkl")
+    status = train_net.cli(["--config-file", IAUNET_CFG, "--eval-only", "MODEL.WEIGHTS", crafted,
+                            "OUTPUT_DIR", str(tmp_path / "run"), *SMALL])
+    err = capsys.readouterr().err
+    assert status == 2
+    assert err.strip().splitlines()[-1].startswith(f"error: Refusing weights file '{crafted}'")
+    assert "Traceback" not in err
+    assert not victim.exists()
+
+
+def test_swin_weights_refuse_a_crafted_pkl(tmp_path):
+    from iaunet_d2.modeling.backbone.swin import _read_checkpoint
+
+    crafted, victim = _crafted_weights(tmp_path, ".pkl")
+    with pytest.raises(RuntimeError, match=r"^MODEL.SWIN.WEIGHTS: Refusing weights file .*builtins.open"):
+        _read_checkpoint(crafted)
+    assert not victim.exists()
+
+
+def _numpy1_pickle(obj):
+    """A protocol-2 pickle as Python 2 / NumPy 1 wrote Detectron2's and ImageNet .pkl
+    files (numpy.core module names)."""
+    data = pickle.dumps(obj, protocol=2)
+    return data.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+
+
+@pytest.mark.parametrize("layout", ["detectron2_model_zoo", "imagenet_blobs"])
+def test_pkl_weights_of_detectron2_layouts_keep_loading(layout, weights, tmp_path):
+    from iaunet_d2.config import build_config
+    from iaunet_d2.engine import AtomicCheckpointer
+
+    cfg = build_config(DEMO_MASK_RCNN, tiny_rcnn_opts(tmp_path / "unused"), prepare_data=False)
+    saved = torch.load(weights["rcnn"], weights_only=True)["model"]
+    arrays = {k: v.numpy() for k, v in saved.items()}
+    if layout == "detectron2_model_zoo":
+        content = {"model": arrays, "__author__": "Detectron2 Model Zoo", "matching_heuristics": False}
+    else:  # Caffe2 / ImageNet: a "blobs" dict, with momentum buffers that are dropped
+        content = {"blobs": {**arrays, "res2_0_branch2a_w_momentum": np.zeros(3, np.float32)}}
+    path = tmp_path / "weights.pkl"
+    path.write_bytes(_numpy1_pickle(content))
+    torch.manual_seed(1)  # another random model: loading must replace every parameter
+    model = build_model(cfg)
+    AtomicCheckpointer(model).load_weights(str(path), strict=layout == "detectron2_model_zoo")
+    loaded = model.state_dict()
+    assert all(torch.equal(loaded[k], saved[k]) for k in saved)
 
 
 # ------------------------------------------------------------------------ unusable --output

@@ -19,7 +19,8 @@ from pycocotools import mask as mask_util
 
 import iaunet_d2  # noqa: F401
 from iaunet_d2.engine import (
-    AtomicCheckpointer, CheckpointWriteError, Trainer, attach_finite_loss_check, build_config,
+    AtomicCheckpointer, CheckpointReadError, CheckpointWriteError, Trainer, attach_finite_loss_check,
+    build_config,
 )
 from iaunet_d2.evaluation import build_coco_evaluator
 from iaunet_d2.solver import build_lr_scheduler, build_optimizer
@@ -236,7 +237,7 @@ def test_truncated_checkpoint_gives_clear_error(tmp_path):
     torch.save({"model": torch.nn.Linear(2, 2).state_dict()}, path)
     path.write_bytes(path.read_bytes()[:40])
     checkpointer = AtomicCheckpointer(torch.nn.Linear(2, 2), save_dir=str(tmp_path))
-    with pytest.raises(Exception, match="model_broken.pth"):
+    with pytest.raises(CheckpointReadError, match="model_broken.pth"):
         checkpointer.load(str(path))
 
 

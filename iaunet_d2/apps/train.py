@@ -15,6 +15,7 @@ import iaunet_d2.compat  # noqa: F401  (must precede every Detectron2 import)
 
 import logging
 import os
+import shlex
 import sys
 
 import detectron2.utils.comm as comm
@@ -25,8 +26,8 @@ import iaunet_d2  # noqa: F401  (registers datasets, mappers and models)
 from iaunet_d2.data.datasets import DatasetNotFoundError
 from iaunet_d2.data.validation import DatasetError
 from iaunet_d2.engine import (
-    AtomicCheckpointer, CheckpointReadError, CheckpointWriteError, Trainer, build_config, launch,
-    setup_cfg,
+    AtomicCheckpointer, CheckpointReadError, CheckpointWriteError, Trainer, TrainingInterrupted,
+    build_config, launch, setup_cfg,
 )
 from iaunet_d2.config import ConfigError, PixelStatsError
 from iaunet_d2.modeling.config_check import check_model_config
@@ -103,11 +104,28 @@ def build_parser():
 
 
 def parse_args(argv=None):
+    """Parsed command line; a missing ``--config-file`` or an option written after the
+    ``KEY VALUE`` overrides (where argparse would take it as an override) is a
+    :class:`SetupError`."""
     args = build_parser().parse_args(argv)
+    if not args.config_file:
+        raise SetupError("--config-file is required, e.g. "
+                         "python train_net.py --config-file configs/demo/iaunet_R50.yaml")
+    flags = [o for o in args.opts if o.startswith("--")]
+    if flags:
+        raise SetupError(f"options go before the KEY VALUE overrides: write {flags[0]} before "
+                         f"{args.opts[0]} (got '{' '.join(args.opts)}').")
     # Absolute paths, so that the saved config.yaml works from any folder.
+    keys = set(args.opts[::2])
     for flag, key in ((args.train_dir, "DATASETS.TRAIN_DIR"), (args.val_dir, "DATASETS.TEST_DIR")):
         if flag:
             args.opts = list(args.opts) + [key, os.path.abspath(os.path.expanduser(flag))]
+    # Own data without --val-dir is not evaluated on the config file's test set (the
+    # demo's synthetic cells, say), which the user did not give.
+    args.cleared_test = bool(args.train_dir and not args.val_dir
+                             and not keys & {"DATASETS.TEST", "DATASETS.TEST_DIR"})
+    if args.cleared_test:
+        args.opts = list(args.opts) + ["DATASETS.TEST", "()"]
     return args
 
 
@@ -118,7 +136,11 @@ def _last_line(error):
 
 
 def cli(argv=None):
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except SetupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     # Data preparation (label conversion, pixel statistics) reports here, before the
     # run's own log exists.
     project_logger = logging.getLogger("iaunet_d2")
@@ -133,6 +155,9 @@ def cli(argv=None):
         return 2
     finally:
         project_logger.removeHandler(console)
+    if args.cleared_test:
+        print(f"note: no --val-dir: training on {args.train_dir} without evaluation "
+              "(DATASETS.TEST cleared); add --val-dir DIR to evaluate.", file=sys.stderr)
     try:
         launch(
             main,
@@ -149,10 +174,21 @@ def cli(argv=None):
         print(f"error: {_last_line(e)}", file=sys.stderr)
         return 2
     except CheckpointWriteError as e:
-        # The trainer has logged the traceback; end with the one line that says what to do.
-        print(f"error: {e}", file=sys.stderr)
+        # The traceback is in OUTPUT_DIR/log.txt; end with the one line that says what to do.
+        print(f"error: {e} Continue with: {_resume_command(args)}", file=sys.stderr)
         return 1
+    except TrainingInterrupted as e:
+        print(f"interrupted: {e.where} Continue with: {_resume_command(args)}", file=sys.stderr)
+        return 130
     return 0
+
+
+def _resume_command(args):
+    """The command that continues this run from its last checkpoint."""
+    argv = ["--config-file", args.config_file, "--resume"]
+    if args.num_gpus != 1:
+        argv += ["--num-gpus", str(args.num_gpus)]
+    return "python train_net.py " + shlex.join([*argv, *args.opts])
 
 
 if __name__ == "__main__":

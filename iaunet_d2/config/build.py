@@ -17,7 +17,8 @@ from ..io.images import check_normalization
 from ..data.pixel_stats import cached_intensity_range, cached_pixel_stats
 
 __all__ = [
-    "ConfigError", "PixelStatsError", "build_config", "resolve_intensity_norm", "resolve_pixel_stats",
+    "ConfigError", "PixelStatsError", "build_config", "check_config_file", "resolve_intensity_norm",
+    "resolve_pixel_stats",
 ]
 
 logger = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ def build_config(config_file, opts=(), prepare_data=True):
     add_iaunet_config(cfg)
     if not os.path.isfile(config_file):
         raise ConfigError(f"Config file '{config_file}' not found.")
+    check_config_file(config_file)
     retired = []
     try:
         # The file's retired keys are checked against the file's values, the overrides'
@@ -91,6 +93,57 @@ def build_config(config_file, opts=(), prepare_data=True):
                         files_of=files_of)
     cfg.freeze()
     return cfg
+
+
+def check_config_file(path, _children=()):
+    """Check that ``path`` and the ``_BASE_`` files it builds on are YAML mappings.
+
+    Raises:
+        ConfigError: one line naming the file and its problem: unreadable, binary or not
+            UTF-8 text, a YAML syntax error (with line and column), empty, not a mapping
+            of keys, or a ``_BASE_`` that is missing or includes itself.
+    """
+    try:
+        with open(path, "rb") as f:
+            raw = f.read()
+    except OSError as e:
+        raise ConfigError(f"Config file '{path}' cannot be read: {e.strerror}.") from None
+    if b"\0" in raw:
+        raise ConfigError(f"Config file '{path}' is not a YAML text file (it holds binary data).")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"Config file '{path}' is not a YAML text file (byte {e.start} is "
+                          "not UTF-8 text).") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(e, "problem", None) or str(e).strip().splitlines()[0]
+        raise ConfigError(f"Config file '{path}': YAML syntax error{where}: {problem}.") from None
+    if data is None:
+        raise ConfigError(f"Config file '{path}' is empty: a config is a mapping of keys to "
+                          "values (e.g. '_BASE_: ../Base-IAUNet.yaml').")
+    if not isinstance(data, dict):
+        shown = repr(data) if len(repr(data)) <= 40 else repr(data)[:37] + "..."
+        raise ConfigError(f"Config file '{path}' holds a {type(data).__name__} ({shown}), not a "
+                          "mapping of config keys (KEY: value lines).")
+    base = data.get("_BASE_")
+    if base is None:
+        return
+    if not isinstance(base, str):
+        raise ConfigError(f"Config file '{path}': _BASE_ must be a file name, got {base!r}.")
+    # Resolved as Detectron2 resolves it: relative to the file that names it.
+    base_path = os.path.expanduser(base)
+    if not os.path.isabs(base_path):
+        base_path = os.path.join(os.path.dirname(path), base_path)
+    if not os.path.isfile(base_path):
+        raise ConfigError(f"Config file '{path}': its _BASE_ '{base}' not found ({base_path}).")
+    chain = (*_children, os.path.realpath(path))
+    if os.path.realpath(base_path) in chain:
+        raise ConfigError(f"Config file '{path}': its _BASE_ '{base}' includes itself.")
+    check_config_file(base_path, chain)
 
 
 def _merge_dropping_retired(cfg, merge, where):

@@ -6,6 +6,7 @@ import shutil
 import torch
 from detectron2.checkpoint import DetectionCheckpointer
 
+from ..io.weights import UnsafeWeightsError, read_weights_file
 from ..io.writers import atomic_write
 
 __all__ = [
@@ -53,10 +54,37 @@ def _why_unreadable(filename, error):
     return f"{type(error).__name__}: {reason}" if reason else type(error).__name__
 
 
+def _read_checkpoint(filename):
+    """A weights file as the dict ``DetectionCheckpointer._load_model`` takes, read
+    without running code from it (:func:`~iaunet_d2.io.weights.read_weights_file`).
+
+    The layouts are Detectron2's: ``.pkl`` of its model zoo (``model`` and
+    ``__author__``) or of Caffe2/ImageNet models (``blobs`` or a flat dict of arrays,
+    matched to the model by name heuristics, momentum buffers dropped), pycls ``.pyth``
+    (``model_state``), and ``.pth`` (``model``, or a bare state dict).
+    """
+    data = read_weights_file(filename)
+    if not isinstance(data, dict):
+        return data  # refused by the caller: no model state dict
+    if filename.endswith(".pkl"):
+        if "model" in data and "__author__" in data:
+            return data
+        arrays = data.get("blobs", data)
+        if not isinstance(arrays, dict):
+            return {}
+        return {"model": {k: v for k, v in arrays.items() if not k.endswith("_momentum")},
+                "__author__": "Caffe2", "matching_heuristics": True}
+    if filename.endswith(".pyth") and isinstance(data.get("model_state"), dict):
+        state = {k: v for k, v in data["model_state"].items() if not k.endswith("num_batches_tracked")}
+        return {"model": state, "__author__": "pycls", "matching_heuristics": True}
+    return data if "model" in data else {"model": data}
+
+
 class AtomicCheckpointer(DetectionCheckpointer):
     """DetectionCheckpointer that writes checkpoints and the ``last_checkpoint`` tag
-    atomically, so ``--resume`` never meets a truncated file, and that names the
-    file when a checkpoint cannot be read."""
+    atomically, so ``--resume`` never meets a truncated file, that reads weights files
+    without running code from them (a crafted pickle is refused, naming the type it
+    asks for), and that names the file when a checkpoint cannot be read."""
 
     def save(self, name, **kwargs):
         if not self.save_dir or not self.save_to_disk:
@@ -87,7 +115,9 @@ class AtomicCheckpointer(DetectionCheckpointer):
 
     def _load_file(self, filename):
         try:
-            checkpoint = super()._load_file(filename)
+            checkpoint = _read_checkpoint(filename)
+        except UnsafeWeightsError as e:
+            raise CheckpointReadError(str(e)) from None
         except Exception as e:  # whatever the unpickler meets in a file that is not a checkpoint
             raise CheckpointReadError(
                 f"Cannot read checkpoint {filename}: {_why_unreadable(filename, e)}. "

@@ -1,4 +1,5 @@
 """Detectron2 trainer for cell instance segmentation (IAUNet and the R-CNN baselines)."""
+import contextlib
 import logging
 import math
 import os
@@ -12,13 +13,49 @@ from ..data.build import build_cell_test_loader, build_cell_train_loader
 from ..data.dataset_mappers import build_dataset_mapper
 from ..evaluation import build_coco_evaluator
 from ..solver import build_lr_scheduler, build_optimizer
-from .checkpoint import AtomicCheckpointer, check_weights_fit
+from .checkpoint import AtomicCheckpointer, CheckpointWriteError, check_weights_fit
 
-__all__ = ["FiniteLossCheck", "Trainer", "attach_finite_loss_check"]
+__all__ = ["FiniteLossCheck", "Trainer", "TrainingInterrupted", "attach_finite_loss_check"]
 
 # Detectron2's logger: default_setup gives it the console and OUTPUT_DIR/log.txt handlers,
 # so the replica check lands next to the trainer's own messages.
 logger = logging.getLogger("detectron2")
+
+
+class TrainingInterrupted(Exception):
+    """Training stopped by Ctrl-C; ``where`` says at which iteration and which
+    checkpoint (the last one written) a ``--resume`` continues from."""
+
+    def __init__(self, where):
+        super().__init__(where)
+        self.where = where
+
+
+class _NoTrainingTraceback(logging.Filter):
+    """Drops Detectron2's "Exception during training:" traceback from a console handler;
+    the log file keeps it, and the entry point prints one line instead."""
+
+    def filter(self, record):
+        return not (record.exc_info and record.getMessage().startswith("Exception during training"))
+
+
+def _writes_to_a_file(stream):
+    name = getattr(stream, "name", None)
+    return isinstance(name, str) and name not in ("<stdout>", "<stderr>")
+
+
+@contextlib.contextmanager
+def _training_traceback_in_log_file_only():
+    handlers = [h for h in logging.getLogger("detectron2").handlers
+                if hasattr(h, "stream") and not _writes_to_a_file(h.stream)]
+    quiet = _NoTrainingTraceback()
+    for handler in handlers:
+        handler.addFilter(quiet)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
 
 
 class FiniteLossCheck:
@@ -86,9 +123,27 @@ class Trainer(DefaultTrainer):
                               self.checkpointer.last_incompatible, strict=False)
 
     def train(self):
-        """Train, then return the results of the final evaluation (None without one)."""
-        super().train()
+        """Train, then return the results of the final evaluation (None without one).
+
+        Raises:
+            TrainingInterrupted: Ctrl-C; its message gives the iteration and the last
+                checkpoint kept.
+            CheckpointWriteError: a checkpoint could not be written (full disk); the
+                message also gives the iteration and the last checkpoint kept.
+        """
+        with _training_traceback_in_log_file_only():
+            try:
+                super().train()
+            except KeyboardInterrupt:
+                raise TrainingInterrupted(self._where_stopped()) from None
+            except CheckpointWriteError as e:
+                raise CheckpointWriteError(f"{e} {self._where_stopped()}") from e
         return getattr(self, "_last_eval_results", None)
+
+    def _where_stopped(self):
+        last = self.checkpointer.get_checkpoint_file() if self.checkpointer.has_checkpoint() else None
+        kept = f"last checkpoint kept: {last}" if last else "no checkpoint written yet"
+        return f"Stopped at iteration {self.iter}; {kept}."
 
     def after_train(self):
         super().after_train()

@@ -129,11 +129,39 @@ def write_coco_results(path, description, images, annotations, class_names):
     write_file_set({path: json.dumps(coco).encode()})
 
 
-def prepare_output_dir(path):
+# What one image's prediction writes (<name> + suffix), and the run's COCO json.
+OUTPUT_SUFFIXES = ("_labels.tif", "_overlay.png", "_cells.csv", "_activations.png")
+COCO_RESULTS = "coco_results.json"
+
+
+def previous_outputs(path):
+    """The prediction files (per-image outputs and ``coco_results.json``) already in
+    folder ``path``, sorted; other files are not the prediction's."""
+    if not os.path.isdir(path):
+        return []
+    return sorted(os.path.join(path, f) for f in os.listdir(path)
+                  if f == COCO_RESULTS or f.endswith(OUTPUT_SUFFIXES))
+
+
+def remove_previous_outputs(path):
+    """Delete the prediction files of an earlier run in ``path`` (``--overwrite``);
+    returns how many. Other files are left alone."""
+    files = previous_outputs(path)
+    for f in files:
+        os.remove(f)
+    return len(files)
+
+
+def prepare_output_dir(path, overwrite=False):
     """Create ``path`` if needed and check that files can be written into it.
 
+    A folder that already holds predictions is refused without ``overwrite``: the
+    earlier run's files would stay beside the new ones, and ``coco_results.json``
+    would list only the new images.
+
     Raises:
-        PredictionError: it is a file, lies under a file, cannot be created or written.
+        PredictionError: it is a file, lies under a file, cannot be created or written,
+            or holds an earlier run's predictions and ``overwrite`` is off.
     """
     if os.path.exists(path) and not os.path.isdir(path):
         raise PredictionError(f"--output '{path}' is a file; give a folder.")
@@ -151,3 +179,10 @@ def prepare_output_dir(path):
             pass
     except OSError as e:
         raise PredictionError(f"--output '{path}' cannot be written: {e.strerror or e}.") from e
+    earlier = previous_outputs(path)
+    if earlier and not overwrite:
+        raise PredictionError(
+            f"--output '{path}' already holds predictions ({len(earlier)} file(s), e.g. "
+            f"'{os.path.basename(earlier[0])}'); pass --overwrite to replace them, or give "
+            "another folder."
+        )

@@ -66,11 +66,12 @@ class CellPredictor:
         tile_overlap: pixels shared by neighbouring tiles, in [0, tile_size).
         tile: False to resize whole images instead of tiling them.
         match_iou: IoU above which cells of two tiles are the same cell.
+        batch_size: tiles of an image per forward pass.
         input_format: channel order the images must have (``INPUT.FORMAT``).
     """
 
     def __init__(self, cfg, tile_overlap=None, tile=True, keep_activations=False,
-                 match_iou=TILE_MATCH_IOU):
+                 match_iou=TILE_MATCH_IOU, batch_size=4):
         """
         Args:
             cfg: config of the model, e.g. from :func:`build_predict_config`.
@@ -79,8 +80,9 @@ class CellPredictor:
             keep_activations: also return IAUNet's instance-activation maps, per tile
                 (``ImagePrediction.activations``); set once, on the model.
             match_iou: see the attribute.
+            batch_size: see the attribute (>= 1).
         Raises:
-            ValueError: ``tile_overlap`` outside [0, tile_size), or
+            ValueError: ``tile_overlap`` outside [0, tile_size), ``batch_size`` < 1, or
                 ``keep_activations`` for a model other than IAUNet.
             PredictionError: the weights file is missing or unreadable.
             WeightsMismatchError: parameters missing from the file, unexpected ones,
@@ -93,11 +95,14 @@ class CellPredictor:
         if not 0 <= self.tile_overlap < self.tile_size:
             raise ValueError(f"tile overlap {self.tile_overlap} must be in [0, {self.tile_size}) "
                              f"for INPUT.IMAGE_SIZE {self.tile_size}")
+        if int(batch_size) < 1:
+            raise ValueError(f"batch size must be >= 1, got {batch_size}")
         if keep_activations and cfg.MODEL.META_ARCHITECTURE != "IAUNet":
             raise ValueError(f"activation maps need an IAUNet model; the config builds "
                              f"{cfg.MODEL.META_ARCHITECTURE}")
         self.tile = tile
         self.match_iou = match_iou
+        self.batch_size = int(batch_size)
         self.input_format = cfg.INPUT.FORMAT
         self.model = build_model(self.cfg)
         self.model.eval()
@@ -120,19 +125,22 @@ class CellPredictor:
         """Whether predictions carry activation maps (fixed when the model is set up)."""
         return self._keep_activations
 
-    def __call__(self, image):
+    def __call__(self, image, on_tiles=None):
         """Predict one image or each of a list of images.
 
         Args:
             image: uint8 (H, W, 3) in ``cfg.INPUT.FORMAT`` channel order, or a list of them.
+            on_tiles: called as ``on_tiles(done, total)`` after each forward pass over
+                an image's tiles (progress of large images).
         Returns:
             ImagePrediction (cells at (H, W), by decreasing score), or a list of them.
         """
         if isinstance(image, (list, tuple)):
-            return [self(i) for i in image]
+            return [self(i, on_tiles) for i in image]
         return predict_image(self.model, image, self.augmentation, self.tile_size, self.tile_overlap,
                              tile=self.tile, keep_activations=self._keep_activations,
-                             match_iou=self.match_iou)
+                             match_iou=self.match_iou, batch_size=self.batch_size,
+                             on_tiles=on_tiles)
 
 
 def load_predictor(cfg):

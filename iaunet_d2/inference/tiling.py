@@ -18,19 +18,21 @@ __all__ = ["TILE_MATCH_IOU", "tile_windows", "merge_tile_predictions", "predict_
 TILE_MATCH_IOU = 0.5
 
 
-def _run_model(model, image, augmentation):
-    """One forward pass on an (h, w, 3) uint8 image; results at (h, w).
+def _run_model(model, images, augmentation):
+    """One forward pass on a list of (h, w, 3) uint8 images; results at each one's (h, w).
 
     Returns:
-        (Instances, activation maps or None) of that image.
+        list of (Instances, activation maps or None), one per image.
     """
-    aug_input = T.AugInput(image)
-    augmentation(aug_input)
-    tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
-    inputs = [{"image": tensor, "height": image.shape[0], "width": image.shape[1]}]
+    inputs = []
+    for image in images:
+        aug_input = T.AugInput(image)
+        augmentation(aug_input)
+        tensor = torch.as_tensor(np.ascontiguousarray(aug_input.image.transpose(2, 0, 1)))
+        inputs.append({"image": tensor, "height": image.shape[0], "width": image.shape[1]})
     with torch.no_grad():
-        result = model(inputs)[0]
-    return result["instances"].to("cpu"), result.get("activation_maps")
+        results = model(inputs)
+    return [(r["instances"].to("cpu"), r.get("activation_maps")) for r in results]
 
 
 def _instances_to_cells(instances, window, image_size, tile_index):
@@ -169,7 +171,7 @@ def _cell_box(cell):
 
 
 def predict_image(model, image, augmentation, tile_size, tile_overlap, tile=True,
-                  keep_activations=False, match_iou=TILE_MATCH_IOU):
+                  keep_activations=False, match_iou=TILE_MATCH_IOU, batch_size=1, on_tiles=None):
     """Predict the cells of one image, tiling it when it is larger than ``tile_size``.
 
     Args:
@@ -182,6 +184,9 @@ def predict_image(model, image, augmentation, tile_size, tile_overlap, tile=True
         tile: False to predict the whole image at once (resized by ``augmentation``).
         keep_activations: keep each tile's "activation_maps" (IAUNet with
             ``return_activation_maps``).
+        batch_size: tiles per forward pass (all tiles of an image have one size).
+        on_tiles: called as ``on_tiles(done, total)`` before the first forward pass
+            and after each one.
     Returns:
         ImagePrediction.
     """
@@ -192,12 +197,20 @@ def predict_image(model, image, augmentation, tile_size, tile_overlap, tile=True
         if not 0 <= tile_overlap < tile_size:
             raise ValueError(f"tile overlap {tile_overlap} must be in [0, {tile_size})")
         windows = tile_windows(height, width, tile_size, tile_size - tile_overlap)
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     cells, activations = [], []
-    for index, (y0, x0, h, w) in enumerate(windows):
-        crop = np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w])
-        instances, maps = _run_model(model, crop, augmentation)
-        cells += _instances_to_cells(instances, (y0, x0, h, w), (height, width), index)
-        activations.append(maps if keep_activations else None)
+    if on_tiles is not None:
+        on_tiles(0, len(windows))
+    for start in range(0, len(windows), batch_size):
+        batch = windows[start:start + batch_size]
+        crops = [np.ascontiguousarray(image[y0:y0 + h, x0:x0 + w]) for y0, x0, h, w in batch]
+        for index, window, (instances, maps) in zip(
+                range(start, start + len(batch)), batch, _run_model(model, crops, augmentation)):
+            cells += _instances_to_cells(instances, window, (height, width), index)
+            activations.append(maps if keep_activations else None)
+        if on_tiles is not None:
+            on_tiles(start + len(batch), len(windows))
     if len(windows) > 1:
         cells = merge_tile_predictions(cells, windows, match_iou)
     else:

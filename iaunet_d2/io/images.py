@@ -23,7 +23,10 @@ prediction (``INPUT.INTENSITY_NORM``):
   - ``"dataset"`` (config only): a fixed range measured once on the training images,
     see :func:`iaunet_d2.config.build.resolve_intensity_norm`.
 
-  A constant image gives zeros; NaN becomes 0.
+  A constant image gives zeros; NaN and infinite pixels become 0, with one warning per
+  image giving their count.
+* JPEG/PNG files with an EXIF orientation are turned upright as image viewers show
+  them (label images too, so they stay aligned with their images).
 * Grayscale becomes three identical channels, an alpha channel is dropped.
 * Images with more than four channels need an explicit ``channel`` (``--channel``);
   the channel is then used as grayscale. A gray image ignores ``channel``, so one
@@ -36,6 +39,7 @@ Any problem (missing, unreadable, truncated or corrupt file, unsupported shape) 
 """
 import hashlib
 import io
+import logging
 import os
 
 import cv2
@@ -54,6 +58,8 @@ __all__ = [
     "read_raw_image",
     "to_uint8",
 ]
+
+logger = logging.getLogger(__name__)
 
 # File name endings (lower case) taken as images when a folder is listed.
 IMAGE_EXTENSIONS = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".bmp")
@@ -129,6 +135,7 @@ def read_image(path, format="BGR", channel=None, plane=None, normalization="perc
     check_normalization(normalization)
     array = read_raw_image(path)
     image = _to_hwc(array, path, channel, plane)
+    _warn_non_finite(image, path)
     image = to_uint8(image, normalization)
     if image.shape[2] == 1:
         image = np.repeat(image, 3, axis=2)
@@ -137,6 +144,19 @@ def read_image(path, format="BGR", channel=None, plane=None, normalization="perc
     if format == "BGR":
         image = image[:, :, ::-1]
     return np.ascontiguousarray(image)
+
+
+_warned_non_finite = set()
+
+
+def _warn_non_finite(image, path):
+    """One warning per file (per process) when a float image holds NaN or infinite pixels."""
+    if image.dtype.kind != "f" or path in _warned_non_finite:
+        return
+    bad = image.size - int(np.count_nonzero(np.isfinite(image)))
+    if bad:
+        _warned_non_finite.add(path)
+        logger.warning("'%s': %d NaN/infinite pixel value(s) became 0 (black).", path, bad)
 
 
 def check_normalization(normalization, allow_dataset=False):
@@ -252,7 +272,38 @@ def read_raw_image(path):
         array = array[:, :, ::-1]  # OpenCV decodes colour as BGR
     elif array.ndim == 3 and array.shape[2] == 4:
         array = array[:, :, [2, 1, 0, 3]]  # BGRA -> RGBA
-    return array
+    return apply_exif_orientation(array, exif_orientation(data))
+
+
+# EXIF orientation tag (0x0112) -> the array operation that shows the image upright.
+_ORIENTATIONS = {
+    2: lambda a: a[:, ::-1],                       # mirrored left-right
+    3: lambda a: a[::-1, ::-1],                    # rotated 180
+    4: lambda a: a[::-1],                          # mirrored top-bottom
+    5: lambda a: a.swapaxes(0, 1),                 # transposed
+    6: lambda a: np.rot90(a, k=-1),                # rotated 90 clockwise to view
+    7: lambda a: a[::-1, ::-1].swapaxes(0, 1),     # transversed
+    8: lambda a: np.rot90(a, k=1),                 # rotated 90 counter-clockwise to view
+}
+
+
+def exif_orientation(data):
+    """The EXIF orientation (1..8) of an encoded JPEG/PNG/WebP file's bytes; 1 (upright)
+    when it has none or cannot say."""
+    if b"Exif" not in data[:65536] and b"eXIf" not in data:
+        return 1
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            value = im.getexif().get(0x0112, 1)
+    except (OSError, SyntaxError, ValueError):
+        return 1
+    return value if value in _ORIENTATIONS else 1
+
+
+def apply_exif_orientation(array, orientation):
+    """``array`` (H, W[, C]) turned as image viewers show a file of that EXIF orientation."""
+    turn = _ORIENTATIONS.get(orientation)
+    return np.ascontiguousarray(turn(array)) if turn else array
 
 
 def _decode_tiff(path, data):

@@ -22,7 +22,6 @@ the model is built.
 """
 import logging
 import os
-import pickle
 import re
 from collections import OrderedDict
 
@@ -32,6 +31,8 @@ import torch
 import torch.nn.functional as F
 from detectron2.layers import ShapeSpec
 from detectron2.modeling import BACKBONE_REGISTRY, Backbone
+
+from ...io.weights import UnsafeWeightsError, read_weights_file
 
 __all__ = ["SwinBackbone", "build_swin_backbone", "load_swin_state_dict", "convert_swin_state_dict"]
 
@@ -151,23 +152,16 @@ def _read_checkpoint(path):
     """Read a checkpoint file into a flat dict name -> tensor; raise naming the file."""
     if not os.path.isfile(path):
         raise FileNotFoundError(f"MODEL.SWIN.WEIGHTS: file not found: {path!r}")
-    errors = []
-    obj = None
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001  (any failure: try the next reader)
-        errors.append(f"torch.load: {type(e).__name__}: {e}")
-        try:
-            # Detectron2-style .pkl files hold numpy arrays in a plain pickle.
-            with open(path, "rb") as f:
-                obj = pickle.load(f, encoding="latin1")
-        except Exception as e2:  # noqa: BLE001
-            errors.append(f"pickle.load: {type(e2).__name__}: {e2}")
-    if obj is None:
+        obj = read_weights_file(path)
+    except UnsafeWeightsError as e:
+        raise RuntimeError(f"MODEL.SWIN.WEIGHTS: {e}") from None
+    except Exception as e:  # noqa: BLE001  (whatever a file that is no checkpoint raises)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
         raise RuntimeError(
-            f"MODEL.SWIN.WEIGHTS: cannot read {path!r} as a PyTorch or pickle checkpoint "
-            "(" + "; ".join(e.splitlines()[0] for e in errors) + ")"
-        )
+            f"MODEL.SWIN.WEIGHTS: cannot read {path!r} as a PyTorch (.pth) or pickle (.pkl) "
+            f"checkpoint ({type(e).__name__}: {first})"
+        ) from None
     # Unwrap the usual containers: {"model": ...}, {"state_dict": ...}, {"module": ...}.
     for _ in range(3):
         if isinstance(obj, dict):
