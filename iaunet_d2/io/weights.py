@@ -60,12 +60,10 @@ def _refusal(path, what):
 
 
 def _forbidden_global(error):
-    """The type torch's weights-only unpickler refused, from its many-line message."""
+    """The type torch's weights-only unpickler refused, from its many-line message; None
+    when it refused something else (a file that is no pickle at all, say)."""
     found = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(error))
-    if found:
-        return found.group(1)
-    found = re.search(r"Unsupported (?:class|operand)[^\n]*", str(error))
-    return found.group(0) if found else None
+    return found.group(1) if found else None
 
 
 def read_weights_file(path):
