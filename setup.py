@@ -45,6 +45,7 @@ setup(
             "iaunet-compare = iaunet_d2.apps.compare:main",
             "iaunet-convergence = iaunet_d2.apps.convergence:main",
             "iaunet-prepare-realcells = iaunet_d2.apps.prepare_realcells:main",
+            "iaunet-memory-soak = iaunet_d2.apps.memory_soak:main",
         ],
     },
 )

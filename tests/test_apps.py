@@ -19,6 +19,7 @@ WRAPPERS = {
     "tools/benchmark.py": ("benchmark", ["main"]),
     "tools/compare.py": ("compare", ["main"]),
     "tools/convergence.py": ("convergence", ["main"]),
+    "tools/memory_soak.py": ("memory_soak", ["main"]),
     "datasets/labels_to_coco.py": ("convert_labels", ["main"]),
     "datasets/evican2.py": ("convert_evican2", ["main"]),
     "datasets/livecell_crop.py": ("convert_livecell_crop", ["main"]),
@@ -36,6 +37,7 @@ CONSOLE_SCRIPTS = {
     "iaunet-compare": "iaunet_d2.apps.compare:main",
     "iaunet-convergence": "iaunet_d2.apps.convergence:main",
     "iaunet-prepare-realcells": "iaunet_d2.apps.prepare_realcells:main",
+    "iaunet-memory-soak": "iaunet_d2.apps.memory_soak:main",
 }
 
 

@@ -1,4 +1,5 @@
 """Held under load: one prediction run over many images keeps its memory flat."""
+import json
 import os
 
 import cv2
@@ -45,3 +46,37 @@ def test_resident_memory_stays_flat_over_300_images(tmp_path, monkeypatch):
     after_warm_up = resident[WARM_UP - 1]
     growth = max(resident[WARM_UP:]) / after_warm_up
     assert growth <= 1.10, f"resident memory grew {growth:.3f}x after {WARM_UP} images"
+
+
+def test_memory_soak_summary():
+    from iaunet_d2.apps.memory_soak import summarize
+
+    samples = [{"iter": i, "seconds": 10.0 * (i + 1), "rss_mib": rss}
+               for i, rss in enumerate([500, 800, 900, 910, 950, 920])]
+    summary = summarize(samples, warm_up_seconds=30)
+    assert summary["rss_after_warm_up_mib"] == 900
+    assert summary["max_rss_after_warm_up_mib"] == 950
+    assert summary["final_rss_mib"] == 920
+    assert summary["growth"] == pytest.approx(950 / 900)
+    assert summary["iterations"] == 6
+    with pytest.raises(ValueError, match="too short for its warm-up"):
+        summarize(samples, warm_up_seconds=60)
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc (Linux)")
+def test_memory_soak_tool_trains_and_writes_its_record(tmp_path, monkeypatch):
+    from iaunet_d2.apps import memory_soak
+
+    from train_utils import DEMO_MASK_RCNN, tiny_rcnn_opts
+
+    monkeypatch.chdir(REPO_ROOT)
+    opts = tiny_rcnn_opts(tmp_path / "unused")
+    prefix = str(tmp_path / "soak")
+    assert memory_soak.main(["--config-file", DEMO_MASK_RCNN, "--minutes", "0.1",
+                             "--warm-up-minutes", "0.02", "--output", prefix, *opts]) == 0
+    record = json.load(open(prefix + ".json"))
+    samples = record["samples"]
+    assert len(samples) == record["iterations"] and samples[-1]["seconds"] >= 6.0
+    after = [s["rss_mib"] for s in samples if s["seconds"] > 1.2]
+    assert record["max_rss_after_warm_up_mib"] == max(after)
+    assert "| resident after warm-up (0.02 min) |" in open(prefix + ".md").read()
